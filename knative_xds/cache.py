@@ -1,0 +1,170 @@
+"""Versioned resources per type: what every gateway should have, as immutable snapshots.
+
+The cache knows nothing of gRPC streams. It applies a translation `Delta`,
+checks the result is consistent, publishes a new immutable `Snapshot` and wakes
+its watchers; each stream then works out on its own what its client lacks.
+Because a snapshot never changes after it is published, streams read it
+without locks and share its serialized bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from types import MappingProxyType
+from typing import Protocol
+
+from .resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, Resource, short
+from .translate import Delta
+
+log = logging.getLogger(__name__)
+
+
+class InconsistentSnapshot(RuntimeError):
+    """A snapshot that would leave a reference dangling; it is never published."""
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """All resources at one point in time, with a version per type.
+
+    Versions are `<instance>-<n>`: the instance id is random per process, so a
+    version from an earlier run or another replica is never mistaken for ours.
+    """
+
+    serial: int
+    instance: str
+    resources: Mapping[str, Mapping[str, Resource]]
+    counters: Mapping[str, int]
+    # Names changed per type since the previous snapshot (for logs and tests).
+    changed: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def version(self, type_url: str) -> str:
+        return f"{self.instance}-{self.counters.get(type_url, 0)}"
+
+    def of(self, type_url: str) -> Mapping[str, Resource]:
+        return self.resources.get(type_url, MappingProxyType({}))
+
+    @cached_property
+    def _bodies(self) -> dict[str, bytes]:
+        return {}
+
+    def full_body(self, type_url: str) -> bytes:
+        """Every resource of a type as joined DiscoveryResponse entries, built once per snapshot."""
+        body = self._bodies.get(type_url)
+        if body is None:
+            items = self.of(type_url)
+            body = b"".join(items[name].sotw_entry for name in sorted(items))
+            self._bodies[type_url] = body
+        return body
+
+
+class ConfigCache(Protocol):
+    """What the ADS server needs of a cache: the current snapshot and a way to hear of the next."""
+
+    def current(self) -> Snapshot | None: ...
+
+    def watch(self, event: asyncio.Event) -> Callable[[], None]:
+        """Set `event` on every publish until the returned cancel function is called."""
+        ...
+
+
+class SnapshotCache:
+    def __init__(self, instance: str | None = None) -> None:
+        self.instance = instance or secrets.token_hex(4)
+        self._snapshot: Snapshot | None = None
+        self._resources: dict[str, dict[str, Resource]] = {t: {} for t in PUSH_ORDER}
+        self._counters: dict[str, int] = dict.fromkeys(PUSH_ORDER, 0)
+        self._serial = 0
+        self._watches: set[asyncio.Event] = set()
+
+    def current(self) -> Snapshot | None:
+        return self._snapshot
+
+    def watch(self, event: asyncio.Event) -> Callable[[], None]:
+        self._watches.add(event)
+        return lambda: self._watches.discard(event)
+
+    @property
+    def watch_count(self) -> int:
+        return len(self._watches)
+
+    def apply(self, delta: Delta) -> Snapshot | None:
+        """Publish the delta as a new snapshot; None when it changed nothing.
+
+        Raises InconsistentSnapshot (and publishes nothing) if a reference would dangle.
+        """
+        staged: dict[str, dict[str, Resource]] = {}
+        changed: dict[str, frozenset[str]] = {}
+        for type_url, items in delta.changes.items():
+            current = self._resources.setdefault(type_url, {})
+            names = {
+                n for n, r in items.items()
+                if (r is None and n in current) or (r is not None and _differs(current.get(n), r))
+            }
+            if not names:
+                continue
+            new = dict(current)
+            for n in names:
+                r = items[n]
+                if r is None:
+                    del new[n]
+                else:
+                    new[n] = r
+            staged[type_url] = new
+            changed[type_url] = frozenset(names)
+        if not changed and self._snapshot is not None:
+            return None
+        merged = {**self._resources, **staged}
+        check_consistency(merged, changed)
+        self._resources = merged
+        for type_url in changed:
+            self._counters[type_url] = self._counters.get(type_url, 0) + 1
+        self._serial += 1
+        self._snapshot = Snapshot(
+            serial=self._serial,
+            instance=self.instance,
+            resources=MappingProxyType({t: MappingProxyType(m) for t, m in merged.items()}),
+            counters=MappingProxyType(dict(self._counters)),
+            changed=MappingProxyType(changed),
+        )
+        log.debug(
+            "snapshot %s: %s",
+            self._serial,
+            ", ".join(f"{short(t)} {len(n)}" for t, n in changed.items()) or "initial",
+        )
+        for event in self._watches:
+            event.set()
+        return self._snapshot
+
+
+def _differs(old: Resource | None, new: Resource) -> bool:
+    return old is None or old.version != new.version
+
+
+def check_consistency(
+    resources: Mapping[str, Mapping[str, Resource]], changed: Mapping[str, frozenset[str]]
+) -> None:
+    """Every listener's route table, every route's cluster and every cluster's endpoints exist.
+
+    Only what changed is checked (plus the few route tables and listeners),
+    which keeps the check O(change).
+    """
+    listeners, routes = resources.get(LISTENER, {}), resources.get(ROUTE, {})
+    clusters, endpoints = resources.get(CLUSTER, {}), resources.get(ENDPOINT, {})
+    for listener in listeners.values():
+        missing = listener.refs - routes.keys()
+        if missing:
+            raise InconsistentSnapshot(f"listener {listener.name} needs route tables {sorted(missing)}")
+    for table in routes.values():
+        if table.name in changed.get(ROUTE, ()) or changed.get(CLUSTER):
+            missing = table.refs - clusters.keys()
+            if missing:
+                raise InconsistentSnapshot(f"route table {table.name} needs clusters {sorted(missing)[:5]}")
+    for name in changed.get(CLUSTER, frozenset()) | changed.get(ENDPOINT, frozenset()):
+        if (name in clusters) != (name in endpoints):
+            raise InconsistentSnapshot(f"cluster {name} and its endpoints must come and go together")

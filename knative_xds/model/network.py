@@ -1,0 +1,125 @@
+"""Knative's networking settings: `config-domain`, `config-network`, and the hosts they give.
+
+Host names follow Knative's templates: `{{.Name}}.{{.Namespace}}.{{.Domain}}` by
+default, and a tag is prefixed as `{{.Tag}}-{{.Name}}`. Only the fields Knative
+documents for these templates are supported; anything else is an error on the
+ConfigMap key, reported when the ConfigMap is read.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import yaml
+
+from .objects import ObjectError, RawObject
+from .types import ActivatorMode
+
+DEFAULT_DOMAIN = "example.com"
+CLUSTER_LOCAL_DOMAIN = "svc.cluster.local"
+DEFAULT_DOMAIN_TEMPLATE = "{{.Name}}.{{.Namespace}}.{{.Domain}}"
+DEFAULT_TAG_TEMPLATE = "{{.Tag}}-{{.Name}}"
+
+_FIELD = re.compile(r"\{\{\s*\.(\w+)\s*\}\}")
+
+
+@dataclass(frozen=True, slots=True)
+class DomainRule:
+    domain: str
+    # Route labels that must all match; empty means "the default domain".
+    selector: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    domains: tuple[DomainRule, ...] = (DomainRule(DEFAULT_DOMAIN),)
+    domain_template: str = DEFAULT_DOMAIN_TEMPLATE
+    tag_template: str = DEFAULT_TAG_TEMPLATE
+    tag_header_routing: bool = False
+    activator_mode: ActivatorMode = ActivatorMode.AT_ZERO
+
+    def domain_for(self, labels: Mapping[str, str]) -> str:
+        """Knative's rule: the matching selector with the most labels wins, else the default."""
+        best: DomainRule | None = None
+        for rule in self.domains:
+            if all(labels.get(k) == v for k, v in rule.selector) and (
+                best is None or len(rule.selector) > len(best.selector)
+            ):
+                best = rule
+        return best.domain if best else DEFAULT_DOMAIN
+
+
+def render(template: str, **values: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        return values[m.group(1)]
+
+    return _FIELD.sub(sub, template)
+
+
+def _check_template(key: str, template: str, allowed: set[str]) -> str:
+    for name in _FIELD.findall(template):
+        if name not in allowed:
+            raise ObjectError(
+                f"data.{key}", f"unknown field .{name}; use {', '.join(sorted(allowed))}"
+            )
+    return template
+
+
+def parse_config_domain(raw: RawObject, base: NetworkConfig) -> NetworkConfig:
+    rules: list[DomainRule] = []
+    data = raw.body.get("data") or {}
+    for domain, value in sorted(data.items()):
+        if domain.startswith("_"):  # Knative's `_example` documentation key
+            continue
+        selector: tuple[tuple[str, str], ...] = ()
+        text = str(value or "").strip()
+        if text:
+            try:
+                parsed = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                raise ObjectError(f"data.{domain}", f"is not valid YAML: {e}") from None
+            labels = parsed.get("selector") if isinstance(parsed, Mapping) else None
+            if not isinstance(labels, Mapping):
+                raise ObjectError(f"data.{domain}", "must be empty or 'selector: {label: value}'")
+            selector = tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+        rules.append(DomainRule(domain, selector))
+    return replace(base, domains=tuple(rules) or (DomainRule(DEFAULT_DOMAIN),))
+
+
+def parse_config_network(raw: RawObject, base: NetworkConfig) -> NetworkConfig:
+    data = raw.body.get("data") or {}
+    domain_t = _check_template(
+        "domain-template",
+        str(data.get("domain-template", DEFAULT_DOMAIN_TEMPLATE)),
+        {"Name", "Namespace", "Domain", "Tag"},
+    )
+    tag_t = _check_template(
+        "tag-template", str(data.get("tag-template", DEFAULT_TAG_TEMPLATE)), {"Name", "Tag"}
+    )
+    header = str(data.get("tag-header-based-routing", "disabled")).lower()
+    if header not in ("enabled", "disabled", "true", "false"):
+        raise ObjectError("data.tag-header-based-routing", "must be 'enabled' or 'disabled'")
+    return replace(
+        base,
+        domain_template=domain_t,
+        tag_template=tag_t,
+        tag_header_routing=header in ("enabled", "true"),
+    )
+
+
+def external_host(config: NetworkConfig, *, name: str, namespace: str, domain: str) -> str:
+    return render(
+        config.domain_template, Name=name, Namespace=namespace, Domain=domain, Tag=""
+    ).lower()
+
+
+def tag_name(config: NetworkConfig, *, name: str, tag: str) -> str:
+    return render(config.tag_template, Name=name, Tag=tag)
+
+
+def cluster_local_hosts(name: str, namespace: str) -> tuple[str, ...]:
+    """A Route's in-cluster names, as Knative's cluster-local gateway answers them."""
+    base = f"{name}.{namespace}"
+    return (f"{base}.svc.cluster.local", f"{base}.svc", base)

@@ -1,0 +1,272 @@
+"""Knative's own object shapes, parsed one object at a time.
+
+A source hands over raw objects (dicts as the API server or a YAML file has
+them). Each is parsed on its own here, with Knative's per-object validation
+rules; an error names the field, and the caller decides what to keep serving.
+Rules that need more than one object (a target's revision exists and is ready)
+live in `resolve.py`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .types import Endpoint, ObjectKey, Protocol, Revision
+
+SERVING = "serving.knative.dev/v1"
+DISCOVERY = "discovery.k8s.io/v1"
+KNATIVE_NAMESPACE = "knative-serving"
+ACTIVATOR_SERVICE = "activator-service"
+REVISION_LABEL = "serving.knative.dev/revision"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+SERVICE_TYPE_LABEL = "networking.internal.knative.dev/serviceType"
+VISIBILITY_LABEL = "networking.knative.dev/visibility"
+BURST_CAPACITY_ANNOTATION = "autoscaling.knative.dev/target-burst-capacity"
+
+# RFC 1035 label, as Knative validates tags.
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+class ObjectError(ValueError):
+    """An object that breaks a rule; `field` is a JSON path inside the object."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class RawObject:
+    """One Kubernetes-shaped object and where it came from (a file, the API server)."""
+
+    kind: str
+    api_version: str
+    key: ObjectKey
+    body: Mapping[str, Any]
+    origin: str = ""
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self.body.get("metadata", {}).get("labels") or {}
+
+    @property
+    def annotations(self) -> Mapping[str, str]:
+        return self.body.get("metadata", {}).get("annotations") or {}
+
+    @property
+    def ident(self) -> tuple[str, ObjectKey]:
+        return (self.kind, self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficSpec:
+    revision_name: str | None
+    configuration_name: str | None
+    percent: int
+    tag: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    key: ObjectKey
+    labels: tuple[tuple[str, str], ...]
+    traffic: tuple[TrafficSpec, ...]
+
+    @property
+    def cluster_local(self) -> bool:
+        return dict(self.labels).get(VISIBILITY_LABEL) == "cluster-local"
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionSpec:
+    revision: Revision
+    ready: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigurationSpec:
+    key: ObjectKey
+    latest_ready_revision: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSliceSpec:
+    """Ready addresses of one EndpointSlice and its ports by name."""
+
+    key: ObjectKey
+    revision: str | None
+    service_name: str
+    public: bool
+    addresses: tuple[str, ...]
+    ports: tuple[tuple[str, int], ...]
+
+    def endpoints(self, port_names: tuple[str, ...]) -> tuple[Endpoint, ...]:
+        """Addresses at the first port whose name is in `port_names` (else the first port)."""
+        by_name = dict(self.ports)
+        port = next((by_name[n] for n in port_names if n in by_name), None)
+        if port is None and self.ports:
+            port = self.ports[0][1]
+        if port is None:
+            return ()
+        return tuple(Endpoint(a, port) for a in self.addresses)
+
+
+# -- small typed getters that name the field on error ---------------------------------
+
+
+def _get(obj: Mapping[str, Any], path: str, want: type, default: Any = None) -> Any:
+    value: Any = obj
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return default
+        value = value.get(part)
+        if value is None:
+            return default
+    if want is int and isinstance(value, bool):
+        raise ObjectError(path, f"must be an integer, got {value!r}")
+    if not isinstance(value, want):
+        raise ObjectError(path, f"must be {_type_word(want)}, got {value!r}")
+    return value
+
+
+_WORDS = {str: "a string", int: "an integer", list: "a list"}
+
+
+def _type_word(want: type) -> str:
+    return _WORDS.get(want, f"a {want.__name__}")
+
+
+# -- the kinds we read -----------------------------------------------------------------
+
+
+def parse_route(raw: RawObject) -> RouteSpec:
+    traffic_raw = _get(raw.body, "spec.traffic", list, [])
+    if not traffic_raw:
+        raise ObjectError("spec.traffic", "must list at least one traffic target")
+    targets = tuple(_parse_target(i, t) for i, t in enumerate(traffic_raw))
+    _check_traffic(targets)
+    labels = tuple(sorted((str(k), str(v)) for k, v in raw.labels.items()))
+    return RouteSpec(key=raw.key, labels=labels, traffic=targets)
+
+
+def _parse_target(index: int, target: Any) -> TrafficSpec:
+    at = f"spec.traffic[{index}]"
+    if not isinstance(target, Mapping):
+        raise ObjectError(at, f"must be a mapping, got {target!r}")
+    try:
+        revision = _get(target, "revisionName", str)
+        configuration = _get(target, "configurationName", str)
+        percent = _get(target, "percent", int, 0)
+        tag = _get(target, "tag", str)
+        latest = target.get("latestRevision")
+    except ObjectError as e:
+        raise ObjectError(f"{at}.{e.field}", e.message) from None
+    if bool(revision) == bool(configuration):
+        raise ObjectError(at, "set exactly one of revisionName and configurationName")
+    if latest is not None and not isinstance(latest, bool):
+        raise ObjectError(f"{at}.latestRevision", f"must be true or false, got {latest!r}")
+    if revision and latest is True:
+        raise ObjectError(f"{at}.latestRevision", "may not be true with revisionName")
+    if configuration and latest is False:
+        raise ObjectError(f"{at}.latestRevision", "may not be false with configurationName")
+    if not 0 <= percent <= 100:
+        raise ObjectError(f"{at}.percent", f"must be between 0 and 100, got {percent}")
+    if tag is not None and not _DNS1035.match(tag):
+        raise ObjectError(
+            f"{at}.tag", f"{tag!r} is not a DNS-1035 label (lower case, digits, '-')"
+        )
+    return TrafficSpec(revision, configuration, percent, tag)
+
+
+def _check_traffic(targets: tuple[TrafficSpec, ...]) -> None:
+    total = sum(t.percent for t in targets)
+    if total != 100:
+        raise ObjectError("spec.traffic", f"percents must sum to 100, they sum to {total}")
+    seen: set[str] = set()
+    for i, t in enumerate(targets):
+        if t.tag is None:
+            continue
+        if t.tag in seen:
+            raise ObjectError(f"spec.traffic[{i}].tag", f"tag {t.tag!r} is used twice")
+        seen.add(t.tag)
+
+
+def parse_revision(raw: RawObject) -> RevisionSpec:
+    containers = _get(raw.body, "spec.containers", list, [])
+    protocol = Protocol.HTTP1
+    if containers:
+        ports = _get(containers[0], "ports", list, []) if isinstance(containers[0], Mapping) else []
+        if ports and isinstance(ports[0], Mapping) and ports[0].get("name") == "h2c":
+            protocol = Protocol.H2C
+    timeout = _get(raw.body, "spec.timeoutSeconds", int, 300)
+    if timeout < 0:
+        raise ObjectError("spec.timeoutSeconds", f"must not be negative, got {timeout}")
+    burst = str(raw.annotations.get(BURST_CAPACITY_ANNOTATION, "")).strip()
+    ready, reason = _ready_condition(raw.body)
+    revision = Revision(
+        key=raw.key,
+        protocol=protocol,
+        timeout_seconds=timeout,
+        activator_always=burst in ("-1", "-1.0"),
+    )
+    return RevisionSpec(revision=revision, ready=ready, reason=reason)
+
+
+def _ready_condition(body: Mapping[str, Any]) -> tuple[bool, str]:
+    """Knative's Ready condition. A revision with no status yet counts as ready:
+    hand-written YAML rarely carries status, and the file source is for that."""
+    conditions = _get(body, "status.conditions", list, None)
+    if conditions is None:
+        return True, ""
+    for c in conditions:
+        if isinstance(c, Mapping) and c.get("type") == "Ready":
+            ok = str(c.get("status")) == "True"
+            return ok, "" if ok else str(c.get("message") or c.get("reason") or "not Ready")
+    return False, "no Ready condition yet"
+
+
+def parse_configuration(raw: RawObject) -> ConfigurationSpec:
+    latest = _get(raw.body, "status.latestReadyRevisionName", str)
+    return ConfigurationSpec(key=raw.key, latest_ready_revision=latest)
+
+
+def parse_endpoint_slice(raw: RawObject) -> EndpointSliceSpec:
+    labels = raw.labels
+    addresses: list[str] = []
+    for i, ep in enumerate(_get(raw.body, "endpoints", list, [])):
+        if not isinstance(ep, Mapping):
+            raise ObjectError(f"endpoints[{i}]", f"must be a mapping, got {ep!r}")
+        conditions = ep.get("conditions") or {}
+        # EndpointSlice: a nil `ready` means ready; only an explicit false is not.
+        if conditions.get("ready") is False:
+            continue
+        try:
+            addrs = _get(ep, "addresses", list, [])
+        except ObjectError as e:
+            raise ObjectError(f"endpoints[{i}].{e.field}", e.message) from None
+        addresses.extend(str(a) for a in addrs)
+    ports: list[tuple[str, int]] = []
+    for i, p in enumerate(_get(raw.body, "ports", list, [])):
+        if not isinstance(p, Mapping):
+            raise ObjectError(f"ports[{i}]", f"must be a mapping, got {p!r}")
+        port = p.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise ObjectError(f"ports[{i}].port", f"must be a port number, got {port!r}")
+        ports.append((str(p.get("name") or ""), port))
+    return EndpointSliceSpec(
+        key=raw.key,
+        revision=labels.get(REVISION_LABEL),
+        service_name=str(labels.get(SERVICE_NAME_LABEL, "")),
+        public=labels.get(SERVICE_TYPE_LABEL) == "Public",
+        addresses=tuple(sorted(set(addresses))),
+        ports=tuple(ports),
+    )
+
+
+def is_activator_slice(spec: EndpointSliceSpec) -> bool:
+    return spec.key.namespace == KNATIVE_NAMESPACE and spec.service_name == ACTIVATOR_SERVICE

@@ -1,0 +1,397 @@
+"""Raw Knative objects in, one consistent `State` out, touching only what changed.
+
+The resolver keeps what it learned between updates: the last good parse of each
+object, the last good resolution of each Route, and which Routes depend on which
+Revisions and Configurations. An update re-parses the objects that changed and
+re-resolves only the Routes they touch, so an edit costs what it changes.
+
+Bad input never takes down what is serving: an object that fails to parse keeps
+its last good parse, and a Route that fails to resolve keeps its last good
+resolution. Both are reported as `Problem`s until they are fixed or deleted.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from . import network as net
+from .objects import (
+    KNATIVE_NAMESPACE,
+    ConfigurationSpec,
+    EndpointSliceSpec,
+    ObjectError,
+    RawObject,
+    RevisionSpec,
+    RouteSpec,
+    is_activator_slice,
+    parse_configuration,
+    parse_endpoint_slice,
+    parse_revision,
+    parse_route,
+)
+from .types import (
+    ActivatorEndpoints,
+    ActivatorMode,
+    HostRule,
+    ObjectKey,
+    Problem,
+    Protocol,
+    Revision,
+    Route,
+    Split,
+    State,
+    Visibility,
+)
+
+ROUTE = "Route"
+REVISION = "Revision"
+CONFIGURATION = "Configuration"
+ENDPOINT_SLICE = "EndpointSlice"
+CONFIG_MAP = "ConfigMap"
+KINDS = (ROUTE, REVISION, CONFIGURATION, ENDPOINT_SLICE, CONFIG_MAP)
+NETWORK_CONFIG_MAPS = ("config-domain", "config-network")
+
+Ident = tuple[str, ObjectKey]
+
+_PARSERS = {
+    ROUTE: parse_route,
+    REVISION: parse_revision,
+    CONFIGURATION: parse_configuration,
+    ENDPOINT_SLICE: parse_endpoint_slice,
+}
+_POD_PORTS = {Protocol.HTTP1: ("http", "http1"), Protocol.H2C: ("http2", "h2c")}
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """The outcome of applying changes: the new state and what in it changed."""
+
+    state: State
+    problems: tuple[Problem, ...]
+    changed_routes: frozenset[ObjectKey]
+    changed_pods: frozenset[ObjectKey]
+    activator_changed: bool
+
+
+class Resolver:
+    """Turns a stream of object changes into States. Not thread-safe; one owner."""
+
+    def __init__(
+        self,
+        *,
+        activator_mode: ActivatorMode = ActivatorMode.AT_ZERO,
+        follow_public_endpoints: bool = False,
+    ) -> None:
+        self._mode = activator_mode
+        self._follow_public = follow_public_endpoints
+        self._raw: dict[Ident, RawObject] = {}
+        self._specs: dict[Ident, object] = {}
+        self._parse_problems: dict[Ident, Problem] = {}
+        self._route_problems: dict[ObjectKey, Problem] = {}
+        self._routes: dict[ObjectKey, Route] = {}
+        self._users: defaultdict[Ident, set[ObjectKey]] = defaultdict(set)
+        self._deps: dict[ObjectKey, set[Ident]] = {}
+        self._host_owner: dict[tuple[Visibility, str], ObjectKey] = {}
+        self._slices_of: defaultdict[ObjectKey, set[ObjectKey]] = defaultdict(set)
+        self._slice_revision: dict[ObjectKey, ObjectKey] = {}
+        self._activator_slices: set[ObjectKey] = set()
+        self._pods: dict[ObjectKey, tuple] = {}
+        self._activator = ActivatorEndpoints()
+        self._network = net.NetworkConfig()
+        self._state = State(activator_mode=activator_mode)
+
+    @property
+    def network(self) -> net.NetworkConfig:
+        return self._network
+
+    def apply(self, changes: Mapping[Ident, RawObject | None]) -> Update:
+        """Apply upserts (a RawObject) and deletions (None), keyed by (kind, key)."""
+        dirty_routes: set[ObjectKey] = set()
+        dirty_revisions: set[ObjectKey] = set()
+        activator_dirty = False
+        network_dirty = False
+        for ident, raw in changes.items():
+            kind, key = ident
+            if kind not in KINDS or not self._store(ident, raw):
+                continue
+            if kind == ROUTE:
+                dirty_routes.add(key)
+            elif kind in (REVISION, CONFIGURATION):
+                dirty_routes |= self._users.get(ident, set())
+                dirty_revisions.add(key)
+            elif kind == ENDPOINT_SLICE:
+                rev, activator = self._index_slice(key)
+                dirty_revisions |= rev
+                activator_dirty |= activator
+            elif kind == CONFIG_MAP and key.namespace == KNATIVE_NAMESPACE:
+                network_dirty |= key.name in NETWORK_CONFIG_MAPS
+        if network_dirty:
+            self._network = self._read_network()
+            dirty_routes |= {k for (kind, k) in self._raw if kind == ROUTE} | set(self._routes)
+        changed_routes = self._resolve_routes(dirty_routes)
+        changed_pods = self._refresh_pods(dirty_revisions)
+        if activator_dirty:
+            activator_dirty = self._refresh_activator()
+        if changed_routes or changed_pods or activator_dirty:
+            self._state = State(
+                routes=self._routes,
+                pods=self._pods,
+                activator=self._activator,
+                activator_mode=self._mode,
+            )
+        return Update(
+            state=self._state,
+            problems=self.problems(),
+            changed_routes=frozenset(changed_routes),
+            changed_pods=frozenset(changed_pods),
+            activator_changed=activator_dirty,
+        )
+
+    def problems(self) -> tuple[Problem, ...]:
+        return tuple(sorted([*self._parse_problems.values(), *self._route_problems.values()]))
+
+    # -- objects ----------------------------------------------------------------------
+
+    def _store(self, ident: Ident, raw: RawObject | None) -> bool:
+        """Record one object; False when nothing about it changed."""
+        previous = self._raw.get(ident)
+        if raw is None:
+            if previous is None:
+                return False
+            del self._raw[ident]
+            self._specs.pop(ident, None)
+            self._parse_problems.pop(ident, None)
+            return True
+        if previous is not None and previous.body == raw.body:
+            if previous.origin != raw.origin:
+                self._raw[ident] = raw
+            return False
+        self._raw[ident] = raw
+        parser = _PARSERS.get(ident[0])
+        if parser is None:  # ConfigMaps are read as a whole in _read_network
+            return True
+        try:
+            self._specs[ident] = parser(raw)
+            self._parse_problems.pop(ident, None)
+        except ObjectError as e:
+            # Keep the last good parse (if any) serving; report why this one is unusable.
+            self._parse_problems[ident] = Problem(raw.origin, ident[0], str(ident[1]), e.field, e.message)
+        return True
+
+    def _read_network(self) -> net.NetworkConfig:
+        config = net.NetworkConfig(activator_mode=self._mode)
+        readers = (("config-domain", net.parse_config_domain), ("config-network", net.parse_config_network))
+        for name, read in readers:
+            ident = (CONFIG_MAP, ObjectKey(KNATIVE_NAMESPACE, name))
+            raw = self._raw.get(ident)
+            if raw is None:
+                continue
+            try:
+                config = read(raw, config)
+                self._parse_problems.pop(ident, None)
+            except ObjectError as e:
+                self._parse_problems[ident] = Problem(raw.origin, CONFIG_MAP, str(ident[1]), e.field, e.message)
+                kept = self._specs.get(ident)
+                if isinstance(kept, net.NetworkConfig):
+                    config = read_kept(kept, config, name)
+                continue
+            self._specs[ident] = config
+        return config
+
+    # -- routes -----------------------------------------------------------------------
+
+    def _resolve_routes(self, dirty: set[ObjectKey]) -> set[ObjectKey]:
+        changed: set[ObjectKey] = set()
+        # A host freed by one Route may unblock another that lost a host conflict.
+        retry = {k for k, p in self._route_problems.items() if p.field == "hosts"}
+        for key in sorted(dirty | retry):
+            before = self._routes.get(key)
+            self._resolve_route(key)
+            if self._routes.get(key) is not before:
+                changed.add(key)
+        return changed
+
+    def _resolve_route(self, key: ObjectKey) -> None:
+        ident = (ROUTE, key)
+        spec = self._specs.get(ident)
+        self._set_deps(key, set())
+        if spec is None:
+            self._route_problems.pop(key, None)
+            self._drop_route(key)
+            return
+        assert isinstance(spec, RouteSpec)
+        origin = self._raw[ident].origin if ident in self._raw else ""
+        deps: set[Ident] = set()
+        try:
+            route = self._build_route(spec, deps)
+            self._claim_hosts(route)
+        except ObjectError as e:
+            self._set_deps(key, deps)
+            self._route_problems[key] = Problem(origin, ROUTE, str(key), e.field, e.message)
+            return  # the last good resolution, if any, keeps serving
+        self._set_deps(key, deps)
+        self._route_problems.pop(key, None)
+        previous = self._routes.get(key)
+        self._routes[key] = previous if previous == route else route
+
+    def _build_route(self, spec: RouteSpec, deps: set[Ident]) -> Route:
+        ns, name = spec.key.namespace, spec.key.name
+        revisions: dict[str, Revision] = {}
+        targets: list[tuple[str, int, str | None]] = []
+        for i, t in enumerate(spec.traffic):
+            rev_name = self._target_revision(ns, i, t.revision_name, t.configuration_name, deps)
+            revision = self._ready_revision(ns, i, rev_name, deps)
+            targets.append((rev_name, t.percent, t.tag))
+            if t.percent > 0 or t.tag:
+                revisions[rev_name] = revision
+        merged: dict[str, int] = defaultdict(int)
+        for rev_name, percent, _ in targets:
+            merged[rev_name] += percent
+        splits = tuple(sorted(Split(r, p) for r, p in merged.items() if p > 0))
+        tags = tuple(sorted((tag, rev) for rev, _, tag in targets if tag))
+        headers = tags if self._network.tag_header_routing else ()
+        rules = list(self._host_rules(spec, name, splits, headers))
+        for tag, rev in tags:
+            tagged = net.tag_name(self._network, name=name, tag=tag)
+            rules.extend(self._host_rules(spec, tagged, (Split(rev, 100),), ()))
+        return Route(
+            key=spec.key,
+            rules=tuple(rules),
+            revisions=tuple(revisions[r] for r in sorted(revisions)),
+        )
+
+    def _host_rules(
+        self, spec: RouteSpec, name: str, splits: tuple[Split, ...], headers: tuple
+    ) -> Iterable[HostRule]:
+        ns = spec.key.namespace
+        if not spec.cluster_local:
+            domain = self._network.domain_for(dict(spec.labels))
+            host = net.external_host(self._network, name=name, namespace=ns, domain=domain)
+            yield HostRule(Visibility.EXTERNAL, (host,), splits, headers)
+        yield HostRule(Visibility.CLUSTER_LOCAL, net.cluster_local_hosts(name, ns), splits, headers)
+
+    def _target_revision(
+        self, ns: str, i: int, revision: str | None, configuration: str | None, deps: set[Ident]
+    ) -> str:
+        if revision:
+            return revision
+        assert configuration
+        ident = (CONFIGURATION, ObjectKey(ns, configuration))
+        deps.add(ident)
+        spec = self._specs.get(ident)
+        at = f"spec.traffic[{i}].configurationName"
+        if not isinstance(spec, ConfigurationSpec):
+            raise ObjectError(at, f"configuration {configuration!r} not found in namespace {ns!r}")
+        if not spec.latest_ready_revision:
+            raise ObjectError(at, f"configuration {configuration!r} has no ready revision yet")
+        return spec.latest_ready_revision
+
+    def _ready_revision(self, ns: str, i: int, name: str, deps: set[Ident]) -> Revision:
+        ident = (REVISION, ObjectKey(ns, name))
+        deps.add(ident)
+        spec = self._specs.get(ident)
+        at = f"spec.traffic[{i}]"
+        if not isinstance(spec, RevisionSpec):
+            raise ObjectError(at, f"revision {name!r} not found in namespace {ns!r}")
+        if not spec.ready:
+            raise ObjectError(at, f"revision {name!r} is not ready: {spec.reason}")
+        return spec.revision
+
+    def _claim_hosts(self, route: Route) -> None:
+        wanted = {(rule.visibility, h) for rule in route.rules for h in rule.hosts}
+        for vis_host in sorted(wanted, key=lambda v: (v[0].value, v[1])):
+            owner = self._host_owner.get(vis_host)
+            if owner is not None and owner != route.key and owner in self._routes:
+                raise ObjectError("hosts", f"host {vis_host[1]!r} is already served by route {owner}")
+        self._release_hosts(route.key)
+        for vis_host in wanted:
+            self._host_owner[vis_host] = route.key
+
+    def _release_hosts(self, key: ObjectKey) -> None:
+        for vis_host in [h for h, owner in self._host_owner.items() if owner == key]:
+            del self._host_owner[vis_host]
+
+    def _drop_route(self, key: ObjectKey) -> None:
+        self._routes.pop(key, None)
+        self._release_hosts(key)
+
+    def _set_deps(self, key: ObjectKey, deps: set[Ident]) -> None:
+        for ident in self._deps.pop(key, set()):
+            users = self._users.get(ident)
+            if users is not None:
+                users.discard(key)
+                if not users:
+                    del self._users[ident]
+        if deps:
+            self._deps[key] = deps
+            for ident in deps:
+                self._users[ident].add(key)
+
+    # -- endpoints --------------------------------------------------------------------
+
+    def _index_slice(self, key: ObjectKey) -> tuple[set[ObjectKey], bool]:
+        """Track which revision a slice serves; return the revisions and activator touched."""
+        touched: set[ObjectKey] = set()
+        activator = key in self._activator_slices
+        self._activator_slices.discard(key)
+        old = self._slice_revision.pop(key, None)
+        if old is not None:
+            self._slices_of[old].discard(key)
+            touched.add(old)
+        spec = self._specs.get((ENDPOINT_SLICE, key))
+        if isinstance(spec, EndpointSliceSpec):
+            if is_activator_slice(spec):
+                self._activator_slices.add(key)
+                activator = True
+            elif spec.revision and spec.public == self._follow_public:
+                rev = ObjectKey(key.namespace, spec.revision)
+                self._slices_of[rev].add(key)
+                self._slice_revision[key] = rev
+                touched.add(rev)
+        return touched, activator
+
+    def _refresh_pods(self, revisions: set[ObjectKey]) -> set[ObjectKey]:
+        changed: set[ObjectKey] = set()
+        for rev in revisions:
+            spec = self._specs.get((REVISION, rev))
+            protocol = spec.revision.protocol if isinstance(spec, RevisionSpec) else Protocol.HTTP1
+            endpoints: set = set()
+            for slice_key in self._slices_of.get(rev) or ():
+                s = self._specs.get((ENDPOINT_SLICE, slice_key))
+                if isinstance(s, EndpointSliceSpec):
+                    endpoints.update(s.endpoints(_POD_PORTS[protocol]))
+            value = tuple(sorted(endpoints))
+            if self._pods.get(rev, ()) != value:
+                changed.add(rev)
+                if value:
+                    self._pods[rev] = value
+                else:
+                    self._pods.pop(rev, None)
+        return changed
+
+    def _refresh_activator(self) -> bool:
+        http: set = set()
+        h2c: set = set()
+        for key in self._activator_slices:
+            spec = self._specs.get((ENDPOINT_SLICE, key))
+            if isinstance(spec, EndpointSliceSpec):
+                http.update(spec.endpoints(_POD_PORTS[Protocol.HTTP1]))
+                h2c.update(spec.endpoints(_POD_PORTS[Protocol.H2C]))
+        value = ActivatorEndpoints(http=tuple(sorted(http)), h2c=tuple(sorted(h2c)))
+        changed = value != self._activator
+        self._activator = value
+        return changed
+
+
+def read_kept(kept: net.NetworkConfig, config: net.NetworkConfig, name: str) -> net.NetworkConfig:
+    """Carry over the fields one ConfigMap controls from its last good reading."""
+    if name == "config-domain":
+        return replace(config, domains=kept.domains)
+    return replace(
+        config,
+        domain_template=kept.domain_template,
+        tag_template=kept.tag_template,
+        tag_header_routing=kept.tag_header_routing,
+    )

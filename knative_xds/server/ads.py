@@ -1,0 +1,101 @@
+"""The gRPC Aggregated Discovery Service: SotW and Delta streams over one snapshot cache.
+
+Responses leave as bytes already serialized (the header fields plus entries
+shared by every stream), so the method handlers are registered by hand with an
+identity serializer instead of the generated servicer helper.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+
+from ..cache import ConfigCache
+from .stream import ProtocolError, Stream, StreamStatus
+from .subscription import Nack
+
+log = logging.getLogger(__name__)
+
+SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+_OPTIONS = [
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_send_message_length", -1),
+    # Envoy keeps one long-lived stream; let it ping to keep NATs and proxies from cutting it.
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+class AdsServer:
+    """Serves every gateway the same snapshot; keeps per-stream status and NACKs for operators."""
+
+    def __init__(self, cache: ConfigCache) -> None:
+        self.cache = cache
+        self.streams: dict[int, Stream] = {}
+        # The last rejection per (node id, type URL): what an operator asks first.
+        self.nacks: dict[tuple[str, str], Nack] = {}
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self._sotw,
+                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                    response_serializer=_identity,
+                ),
+                "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self._delta,
+                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                    response_serializer=_identity,
+                ),
+            },
+        )
+
+    async def _sotw(self, requests: AsyncIterator, context: grpc.aio.ServicerContext) -> None:
+        await self._serve(requests, context, delta=False)
+
+    async def _delta(self, requests: AsyncIterator, context: grpc.aio.ServicerContext) -> None:
+        await self._serve(requests, context, delta=True)
+
+    async def _serve(
+        self, requests: AsyncIterator, context: grpc.aio.ServicerContext, *, delta: bool
+    ) -> None:
+        if self.cache.current() is None:
+            # An empty first push would wipe a running gateway: make it retry instead.
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "no complete configuration loaded yet; retry shortly"
+            )
+        stream = Stream(cache=self.cache, delta=delta, peer=context.peer(), on_nack=self._record_nack)
+        self.streams[stream.status.id] = stream
+        log.info("stream %s opened from %s (%s)", stream.status.id, context.peer(), "delta" if delta else "sotw")
+        try:
+            await stream.serve(requests, context.write)
+        except* ProtocolError as group:
+            message = str(group.exceptions[0])
+            log.warning("stream %s (%s): %s", stream.status.id, stream.status.node_id or "?", message)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        finally:
+            del self.streams[stream.status.id]
+            log.info("stream %s closed (%s)", stream.status.id, stream.status.node_id or "?")
+
+    def _record_nack(self, status: StreamStatus, type_url: str, nack: Nack) -> None:
+        self.nacks[(status.node_id, type_url)] = nack
+
+
+async def start(ads: AdsServer, address: str) -> tuple[grpc.aio.Server, int]:
+    """Start serving on `address` (`host:port`, port 0 picks one); return the server and port."""
+    server = grpc.aio.server(options=_OPTIONS)
+    server.add_generic_rpc_handlers((ads.handler(),))
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not listen on {address} for xDS: is the port in use?")
+    await server.start()
+    return server, port

@@ -1,0 +1,200 @@
+"""One ADS stream: a reader applies requests, a writer sends what `plan` says, in push order.
+
+The writer never queues: it wakes on a new snapshot or a request, and plans
+against the latest snapshot, so a slow client gets one combined, current push
+instead of a backlog of superseded versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+
+from ..cache import ConfigCache, Snapshot
+from ..resources import PUSH_ORDER, short
+from .decide import classify_delta, classify_sotw
+from .plan import Outgoing, after_send, plan_delta, plan_sotw
+from .subscription import Decision, Nack, Subscription
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_TYPES = frozenset(PUSH_ORDER)
+_stream_ids = itertools.count(1)
+
+
+class ProtocolError(Exception):
+    """A request the server cannot serve; the stream ends with INVALID_ARGUMENT."""
+
+
+@dataclass(slots=True)
+class StreamStatus:
+    """What an operator wants to know about one connected client."""
+
+    id: int
+    peer: str
+    delta: bool
+    node_id: str = ""
+    cluster: str = ""
+    subs: dict[str, Subscription] = field(default_factory=dict)
+    decisions: dict[str, int] = field(default_factory=dict)
+
+
+Send = Callable[[bytes], Awaitable[None]]
+OnNack = Callable[[StreamStatus, str, Nack], None]
+
+
+class Stream:
+    def __init__(self, *, cache: ConfigCache, delta: bool, peer: str, on_nack: OnNack) -> None:
+        self._cache = cache
+        self._delta = delta
+        self._on_nack = on_nack
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._nonces = itertools.count(1)
+        self.status = StreamStatus(id=next(_stream_ids), peer=peer, delta=delta)
+
+    @property
+    def subs(self) -> dict[str, Subscription]:
+        return self.status.subs
+
+    async def serve(self, requests: AsyncIterator, send: Send) -> None:
+        cancel_watch = self._cache.watch(self._wake)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._read(requests))
+                tasks.create_task(self._write(send))
+        finally:
+            cancel_watch()
+
+    # -- reading ----------------------------------------------------------------------
+
+    async def _read(self, requests: AsyncIterator) -> None:
+        try:
+            async for request in requests:
+                self._check(request)
+                if self._delta:
+                    self._on_delta(request)
+                else:
+                    self._on_sotw(request)
+                self._wake.set()
+        finally:
+            # The client closed its side: the writer stops too.
+            self._closed = True
+            self._wake.set()
+
+    def _check(self, request) -> None:
+        if not request.type_url:
+            raise ProtocolError("request has no type_url; name the resource type you want")
+        if request.type_url not in SUPPORTED_TYPES:
+            served = ", ".join(short(t) for t in PUSH_ORDER)
+            raise ProtocolError(f"type {request.type_url} is not served here (served: {served})")
+        if not self.status.node_id:
+            if not request.HasField("node") or not request.node.id:
+                raise ProtocolError("the first request on a stream must carry node.id")
+            self.status.node_id = request.node.id
+            self.status.cluster = request.node.cluster
+
+    def _on_sotw(self, request: discovery_pb2.DiscoveryRequest) -> None:
+        type_url = request.type_url
+        sub = self.subs.get(type_url)
+        decision = classify_sotw(request, sub)
+        if sub is None:
+            sub = self.subs[type_url] = Subscription(type_url)
+        if request.response_nonce:
+            self._answer(sub, request.response_nonce, request.version_info, request)
+        if decision is Decision.INITIAL and sub.responded:
+            # A repeated first request: the client may have lost its state; resend all.
+            sub.sent.clear()
+        if decision is not Decision.STALE:
+            sub.set_names(request.resource_names)
+        self._log(decision, type_url, request.response_nonce, sub)
+
+    def _on_delta(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        type_url = request.type_url
+        sub = self.subs.get(type_url)
+        decision = classify_delta(request, sub)
+        if sub is None:
+            sub = self.subs[type_url] = Subscription(type_url)
+            snapshot = self._cache.current()
+            if snapshot is not None and request.initial_resource_versions:
+                sub.seed_known(request.initial_resource_versions, snapshot.of(type_url))
+        if request.response_nonce:
+            self._answer(sub, request.response_nonce, sub.acked_version, request)
+        sub.update_names(request.resource_names_subscribe, request.resource_names_unsubscribe)
+        self._log(decision, type_url, request.response_nonce, sub)
+
+    def _answer(self, sub: Subscription, nonce: str, version: str, request) -> None:
+        error = request.error_detail.message if request.HasField("error_detail") else None
+        if sub.answer(nonce, version, error) is Decision.NACK and sub.last_nack is not None:
+            # The rejected version is not resent: `sent` still holds it, so plan sees
+            # nothing new until the snapshot changes.
+            log.warning(
+                "NACK %s %s nonce=%s: %s", self.status.node_id, short(sub.type_url), nonce, error
+            )
+            self._on_nack(self.status, sub.type_url, sub.last_nack)
+
+    def _log(self, decision: Decision, type_url: str, nonce: str, sub: Subscription) -> None:
+        counts = self.status.decisions
+        counts[decision.value] = counts.get(decision.value, 0) + 1
+        who = f"{self.status.node_id} {short(type_url)}"
+        if decision is Decision.NACK:
+            return  # logged with its error by _answer
+        if decision in (Decision.INITIAL, Decision.SUBSCRIPTION_CHANGE):
+            what = "*" if sub.wildcard else f"{len(sub.names)} names"
+            log.debug("%s %s %s", decision.value, who, what)
+        else:
+            log.debug("%s %s nonce=%s", decision.value, who, nonce)
+
+    # -- writing ----------------------------------------------------------------------
+
+    async def _write(self, send: Send) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._closed:
+                return
+            snapshot = self._cache.current()
+            if snapshot is None:
+                continue
+            for type_url in PUSH_ORDER:
+                if type_url not in self.subs:
+                    continue
+                out = self._plan(type_url, snapshot)
+                if out is None:
+                    continue
+                nonce = str(next(self._nonces))
+                self.subs[type_url].record_sent(
+                    nonce, out.resources, full_state=out.full_state, removed=out.removed
+                )
+                after_send(out, self.subs)
+                await send(self._encode(out, nonce, snapshot))
+
+    def _plan(self, type_url: str, snapshot: Snapshot) -> Outgoing | None:
+        if self._delta:
+            return plan_delta(type_url, snapshot, self.subs)
+        return plan_sotw(type_url, snapshot, self.subs)
+
+    def _encode(self, out: Outgoing, nonce: str, snapshot: Snapshot) -> bytes:
+        """Header fields, then the shared per-resource entries: bytes are never re-serialized."""
+        identity = base_pb2.ControlPlane(identifier=f"knative-xds/{snapshot.instance}")
+        if self._delta:
+            head = discovery_pb2.DeltaDiscoveryResponse(
+                system_version_info=out.version,
+                type_url=out.type_url,
+                nonce=nonce,
+                removed_resources=out.removed,
+                control_plane=identity,
+            ).SerializeToString()
+            return head + b"".join(out.resources[n].delta_entry for n in sorted(out.resources))
+        head = discovery_pb2.DiscoveryResponse(
+            version_info=out.version, type_url=out.type_url, nonce=nonce, control_plane=identity
+        ).SerializeToString()
+        if out.whole_snapshot:
+            return head + snapshot.full_body(out.type_url)
+        return head + b"".join(out.resources[n].sotw_entry for n in sorted(out.resources))

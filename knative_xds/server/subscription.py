@@ -1,0 +1,188 @@
+"""What one client has asked for and holds, for one resource type. No I/O, no awaits.
+
+One `Subscription` exists per (stream, type URL). It answers the questions the
+server asks before every send: which names does the client want (the wildcard
+rules live here), what did we last send it, and what has it accepted. The
+stream loop feeds it requests and records what it sent; `plan.py` reads it.
+
+Wildcard rules (xDS protocol, "How the client specifies what resources to
+return"): a client whose first request names nothing is a legacy wildcard
+subscriber, and stays one while it keeps naming nothing; `*` subscribes to the
+wildcard explicitly. Once a client has named anything, an empty list means
+"nothing", not "everything".
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from ..resources import Resource
+
+WILDCARD = "*"
+
+
+class Decision(enum.Enum):
+    """How a request is classified; the stream logs one fixed tag per decision."""
+
+    INITIAL = "INITIAL"  # first request for this type on the stream
+    ACK = "ACK"  # echoes the latest nonce, no error
+    NACK = "NACK"  # error_detail set: the client rejected a response
+    STALE = "STALE"  # echoes an older nonce: SotW name changes are ignored
+    SUBSCRIPTION_CHANGE = "SUBSCRIBE"  # the set of names changed
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    nonce: str
+    version: str
+    message: str
+    at: float
+
+
+@dataclass(slots=True)
+class Subscription:
+    type_url: str
+    wildcard: bool = False
+    names: set[str] = field(default_factory=set)
+    # Legacy wildcard is allowed until the client names something (including `*`).
+    legacy_allowed: bool = True
+    # What we last sent, per name: the client's view if it accepts everything.
+    sent: dict[str, Resource] = field(default_factory=dict)
+    # What the client accepted (applied), per name.
+    acked: dict[str, Resource] = field(default_factory=dict)
+    # Responses sent and not yet answered: nonce -> (full-state?, resources, removed names).
+    inflight: dict[str, tuple[bool, dict[str, Resource], frozenset[str]]] = field(
+        default_factory=dict
+    )
+    responded: bool = False
+    last_nonce: str | None = None
+    acked_version: str = ""
+    last_nack: Nack | None = None
+    # Delta: subscribed names we told the client do not exist (sent once in removed_resources).
+    told_missing: set[str] = field(default_factory=set)
+
+    # -- what the client wants --------------------------------------------------------
+
+    def wants(self, available: Mapping[str, Resource]) -> dict[str, Resource]:
+        """The subscribed resources that exist now."""
+        if self.wildcard:
+            return dict(available)
+        return {n: available[n] for n in self.names if n in available}
+
+    def covers(self, name: str) -> bool:
+        return self.wildcard or name in self.names
+
+    def set_names(self, names: Iterable[str]) -> set[str]:
+        """SotW: the request's list replaces the subscription. Returns names dropped."""
+        requested = set(names)
+        if not requested and self.legacy_allowed:
+            self.wildcard = True
+            return set()
+        self.legacy_allowed = False
+        self.wildcard = WILDCARD in requested
+        requested.discard(WILDCARD)
+        dropped = self.names - requested
+        self.names = requested
+        self._forget(dropped)
+        return dropped
+
+    def update_names(self, subscribe: Iterable[str], unsubscribe: Iterable[str]) -> None:
+        """Delta: the request adds and removes names; honoured whatever the nonce."""
+        sub, unsub = set(subscribe), set(unsubscribe)
+        if not self.responded and not sub and not unsub and self.legacy_allowed:
+            self.wildcard = True
+        if sub or unsub:
+            self.legacy_allowed = False
+        if WILDCARD in sub:
+            self.wildcard = True
+        if WILDCARD in unsub:
+            self.wildcard = False
+        sub.discard(WILDCARD)
+        unsub.discard(WILDCARD)
+        self.names |= sub
+        self.names -= unsub
+        self.told_missing -= sub
+        # A name still covered by the wildcard stays known: the client keeps it.
+        self._forget(n for n in unsub if not self.wildcard)
+
+    def _forget(self, names: Iterable[str]) -> None:
+        for n in names:
+            self.sent.pop(n, None)
+            self.acked.pop(n, None)
+            self.told_missing.discard(n)
+
+    def seed_known(self, versions: Mapping[str, str], available: Mapping[str, Resource]) -> None:
+        """Delta reconnect: the client already holds these versions; skip what matches."""
+        for name, version in versions.items():
+            current = available.get(name)
+            if current is not None and current.version == version:
+                self.sent[name] = current
+                self.acked[name] = current
+
+    # -- what was sent and answered ---------------------------------------------------
+
+    def record_sent(
+        self,
+        nonce: str,
+        resources: Mapping[str, Resource],
+        *,
+        full_state: bool,
+        removed: Iterable[str] = (),
+    ) -> None:
+        removed = frozenset(removed)
+        if full_state:
+            self.sent = dict(resources)
+        else:
+            self.sent.update(resources)
+            for n in removed:
+                self.sent.pop(n, None)
+        self.told_missing |= {n for n in removed if n in self.names}
+        self.inflight[nonce] = (full_state, dict(resources), removed)
+        self.last_nonce = nonce
+        self.responded = True
+
+    def forget_sent(self, names: Iterable[str]) -> None:
+        """Make these names be sent again (EDS after its cluster changed: Envoy won't ask)."""
+        for n in names:
+            self.sent.pop(n, None)
+
+    def answer(self, nonce: str, version: str, error: str | None) -> Decision | None:
+        """Apply an ACK or NACK of `nonce`; None if the nonce is not one we have in flight."""
+        if nonce not in self.inflight:
+            return None
+        for older in [n for n in self.inflight if _seq(n) < _seq(nonce)]:
+            # Responses are applied in order, so an older one still in flight was accepted.
+            self._accept(self.inflight.pop(older))
+        answered = self.inflight.pop(nonce)
+        if error is not None:
+            self.last_nack = Nack(nonce=nonce, version=version, message=error, at=time.time())
+            return Decision.NACK
+        self._accept(answered)
+        self.acked_version = version
+        return Decision.ACK
+
+    def _accept(self, response: tuple[bool, dict[str, Resource], frozenset[str]]) -> None:
+        full_state, resources, removed = response
+        if full_state:
+            self.acked = dict(resources)
+        else:
+            self.acked.update(resources)
+            for n in removed:
+                self.acked.pop(n, None)
+
+    def held(self) -> list[Resource]:
+        """Resources the client holds or may be applying: accepted plus in flight."""
+        out = list(self.acked.values())
+        for _, resources, _ in self.inflight.values():
+            out.extend(resources.values())
+        return out
+
+
+def _seq(nonce: str) -> int:
+    try:
+        return int(nonce)
+    except ValueError:
+        return -1

@@ -1,0 +1,170 @@
+"""Knative objects from a YAML file or a directory of them, watched for edits.
+
+Each file is read on its own and diffed against what it held before, so an edit
+to one file yields changes only for the objects in it. A file that does not
+parse keeps its last good objects serving and is reported with its line; a file
+that is deleted takes its objects with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import watchfiles
+import yaml
+
+from ..model import ObjectKey, Problem, RawObject
+from ..model.resolve import KINDS, Ident
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".yaml", ".yml", ".json")
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+Changes = dict[Ident, RawObject | None]
+
+
+@dataclass(slots=True)
+class FileBatch:
+    """What one (re)read produced: object changes, and the problems of the files read."""
+
+    changes: Changes = field(default_factory=dict)
+    problems: dict[Path, list[Problem]] = field(default_factory=dict)
+
+
+def parse_documents(path: Path, text: str) -> tuple[dict[Ident, RawObject], list[Problem]]:
+    """Objects of the kinds we read from one file's YAML documents; problems for the rest."""
+    origin = str(path)
+    try:
+        docs = list(yaml.load_all(text, Loader=_Loader))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        return {}, [Problem(origin, "file", "", "", f"not valid YAML: {where}{problem}")]
+    objects: dict[Ident, RawObject] = {}
+    problems: list[Problem] = []
+    for index, doc in enumerate(_flatten(docs)):
+        if doc is None:
+            continue
+        raw, problem = _raw_object(origin, index, doc)
+        if problem is not None:
+            problems.append(problem)
+        elif raw is not None:
+            if raw.ident in objects:
+                problems.append(
+                    Problem(origin, raw.kind, str(raw.key), "metadata.name", "is defined twice in this file")
+                )
+            objects[raw.ident] = raw
+    return objects, problems
+
+
+def _flatten(docs: Iterable[Any]) -> Iterable[Any]:
+    """`kind: List` documents (as `kubectl get -o yaml` prints) hold their objects in `items`."""
+    for doc in docs:
+        if isinstance(doc, Mapping) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+            yield from doc["items"]
+        else:
+            yield doc
+
+
+def _raw_object(origin: str, index: int, doc: Any) -> tuple[RawObject | None, Problem | None]:
+    where = f"document {index + 1}"
+    if not isinstance(doc, Mapping):
+        return None, Problem(origin, "file", where, "", "must be a mapping (a Kubernetes object)")
+    kind = doc.get("kind")
+    meta = doc.get("metadata")
+    if not isinstance(kind, str) or not isinstance(meta, Mapping) or not meta.get("name"):
+        return None, Problem(origin, "file", where, "", "needs kind and metadata.name")
+    if kind not in KINDS:
+        log.info("%s: %s %s skipped: knative-xds reads %s", origin, kind, meta.get("name"), ", ".join(KINDS))
+        return None, None
+    key = ObjectKey(str(meta.get("namespace") or "default"), str(meta["name"]))
+    return RawObject(kind=kind, api_version=str(doc.get("apiVersion", "")), key=key, body=doc, origin=origin), None
+
+
+class FileSource:
+    """Owns the view of the files; `read_all` first, then `watch` for batches of changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._by_file: dict[Path, dict[Ident, RawObject]] = {}
+        self._owner: dict[Ident, Path] = {}
+
+    def files(self) -> list[Path]:
+        if self.path.is_dir():
+            return sorted(p for p in self.path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+        return [self.path] if self.path.exists() else []
+
+    def read_all(self) -> FileBatch:
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path} does not exist: give a YAML file or a directory of them")
+        return self.reread(self.files())
+
+    def reread(self, paths: Iterable[Path]) -> FileBatch:
+        batch = FileBatch()
+        for path in sorted(set(paths)):
+            self._reread_one(path, batch)
+        return batch
+
+    def _reread_one(self, path: Path, batch: FileBatch) -> None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            self._replace(path, {}, batch)
+            batch.problems[path] = []
+            return
+        except (OSError, UnicodeDecodeError) as e:
+            batch.problems[path] = [Problem(str(path), "file", "", "", f"cannot be read: {e}")]
+            return
+        objects, problems = parse_documents(path, text)
+        if any(p.kind == "file" and not p.key for p in problems):
+            batch.problems[path] = problems  # unparsable: its last good objects keep serving
+            return
+        self._replace(path, objects, batch, problems)
+        batch.problems[path] = problems
+
+    def _replace(
+        self, path: Path, objects: dict[Ident, RawObject], batch: FileBatch, problems: list[Problem] | None = None
+    ) -> None:
+        before = self._by_file.get(path, {})
+        for ident in before.keys() - objects.keys():
+            if self._owner.get(ident) == path:
+                del self._owner[ident]
+                batch.changes[ident] = None
+        for ident, raw in objects.items():
+            owner = self._owner.setdefault(ident, path)
+            if owner != path:
+                if problems is not None:
+                    problems.append(
+                        Problem(str(path), raw.kind, str(raw.key), "metadata.name", f"is already defined in {owner}; ignored here")
+                    )
+                continue
+            old = before.get(ident)
+            if old is None or old.body != raw.body:
+                batch.changes[ident] = raw
+        if objects:
+            self._by_file[path] = objects
+        else:
+            self._by_file.pop(path, None)
+
+    async def watch(self, *, step_ms: int = 10, stop: Any = None) -> AsyncIterator[FileBatch]:
+        """Yield a batch each time files change; `step_ms` of quiet ends a burst of writes."""
+        # A single file is watched through its folder: editors that save by renaming
+        # a new file into place would otherwise leave us watching a deleted inode.
+        single = not self.path.is_dir()
+        target = self.path.parent if single else self.path
+        async for events in watchfiles.awatch(
+            target, debounce=1_000, step=step_ms, stop_event=stop, recursive=not single
+        ):
+            paths = {Path(p) for _, p in events}
+            if single:
+                paths = {self.path} if any(p.name == self.path.name for p in paths) else set()
+            else:
+                paths = {p for p in paths if p.suffix in SUFFIXES}
+            if paths:
+                yield self.reread(paths)

@@ -1,0 +1,5 @@
+"""State → Envoy resources: one builder module per Envoy kind, composed by the translator."""
+
+from .translator import Delta, GatewayConfig, Stats, Translator
+
+__all__ = ["Delta", "GatewayConfig", "Stats", "Translator"]

@@ -1,0 +1,23 @@
+"""Names of the resources we emit. Each leads back to the Knative object it came from."""
+
+from __future__ import annotations
+
+from ..model import ObjectKey, Visibility
+
+EXTERNAL = "external"
+INTERNAL = "internal"
+
+LISTENER_FOR = {Visibility.EXTERNAL: EXTERNAL, Visibility.CLUSTER_LOCAL: INTERNAL}
+
+
+def cluster_name(revision: ObjectKey) -> str:
+    """`<namespace>/<revision>`: one cluster (and one endpoint set) per revision."""
+    return f"{revision.namespace}/{revision.name}"
+
+
+def route_table_name(visibility: Visibility) -> str:
+    return LISTENER_FOR[visibility]
+
+
+def virtual_host_name(route: ObjectKey, host: str) -> str:
+    return f"{route.namespace}/{route.name}/{host}"
