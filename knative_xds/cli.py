@@ -1,0 +1,188 @@
+"""knative-xds command line: serve, bootstrap, validate, up.
+
+Exit codes: 0 success, 1 the input has problems (validate), 2 bad usage,
+3 could not run (a port in use, no Envoy binary, a file that is not there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .envoy import bootstrap_yaml
+from .model import ActivatorMode
+
+log = logging.getLogger("knative_xds")
+
+EXIT_PROBLEMS = 1
+EXIT_CANNOT_RUN = 3
+
+DESCRIPTION = """\
+An Envoy xDS control plane for Knative Serving. It reads Knative Routes,
+Revisions, Configurations and EndpointSlices (from YAML files, or from a
+cluster) and serves gateway Envoys their listeners, weighted routes, clusters
+and endpoints over ADS. A revision with no ready pods is routed through the
+activator; an edit to a Route's traffic shifts traffic in milliseconds.
+"""
+
+EPILOG = """\
+examples:
+  knative-xds up examples/hello            run the example: control plane, Envoy and the apps
+  knative-xds serve --config routes/       the control plane alone, on a watched folder
+  knative-xds bootstrap --xds-address 127.0.0.1:18000 > envoy.yaml
+  knative-xds validate routes/             check the input, print every problem
+"""
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:18000)")
+    return host, int(port)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def _add_gateway_flags(p: argparse.ArgumentParser, *, listen: str) -> None:
+    g = p.add_argument_group("gateway listeners (served to Envoy over LDS)")
+    g.add_argument("--external-port", type=_port, default=8080, help="public hosts (default: 8080)")
+    g.add_argument("--internal-port", type=_port, default=8081, help="cluster-local hosts (default: 8081)")
+    g.add_argument("--listen-address", default=listen, help=f"address the listeners bind (default: {listen})")
+    g.add_argument(
+        "--activator",
+        choices=[m.value for m in ActivatorMode],
+        default=ActivatorMode.AT_ZERO.value,
+        help="route through the activator only while a revision has no ready pod (at-zero, "
+        "the default) or always (it then buffers bursts above zero too)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="knative-xds",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"knative-xds {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the control plane", description="Run the xDS control plane. Gateway Envoys connect to --xds-port over gRPC ADS (SotW or Delta).")
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, metavar="PATH", help="a Knative YAML file or a folder of them, watched for edits")
+    source.add_argument("--kubernetes", action="store_true", help="watch Knative objects in the cluster (in-cluster config, else kubeconfig)")
+    serve.add_argument("--xds-port", type=_port, default=18000, help="ADS gRPC port (default: 18000)")
+    serve.add_argument("--xds-address", default="0.0.0.0", help="ADS bind address (default: 0.0.0.0)")
+    serve.add_argument("--health-port", type=_port, default=None, help="serve /healthz, /ready and /debug/status on this port")
+    serve.add_argument("--follow-public-endpoints", action="store_true", help="with --kubernetes: use the revisions' public service endpoints that Knative's ServerlessService manages (Knative picks activator or pods) instead of the private ones")
+    _add_gateway_flags(serve, listen="0.0.0.0")
+
+    boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap (YAML) that connects to the control plane", description="Print an Envoy bootstrap that takes all its configuration from knative-xds over ADS.")
+    boot.add_argument("--xds-address", type=_host_port, required=True, metavar="HOST:PORT", help="where knative-xds serves xDS")
+    boot.add_argument("--node-id", default="knative-gateway", help="this Envoy's node id (default: knative-gateway)")
+    boot.add_argument("--admin-port", type=_port, default=9901, help="Envoy admin port on 127.0.0.1 (default: 9901)")
+    boot.add_argument("--delta", action="store_true", help="use incremental (Delta) ADS instead of State of the World")
+
+    val = sub.add_parser("validate", help="check Knative YAML and print every problem", description="Check a Knative YAML file or folder the way the control plane reads it. Exits 1 if any object has a problem.")
+    val.add_argument("path", type=Path, help="a YAML file or a folder of them")
+
+    up = sub.add_parser("up", help="run the control plane, the bundled Envoy and the example's apps together", description="Run everything on this machine in the foreground: the control plane on a watched YAML file or folder, the bundled Envoy, every revision whose container has a local `command`, and a local activator that wakes revisions at zero. Ctrl-C stops them all.")
+    up.add_argument("path", type=Path, help="a Knative YAML file or a folder of them")
+    up.add_argument("--xds-port", type=_port, default=0, help="ADS port (default: any free port)")
+    up.add_argument("--admin-port", type=_port, default=9901, help="Envoy admin port (default: 9901)")
+    up.add_argument("--delta", action="store_true", help="connect Envoy with Delta ADS")
+    _add_gateway_flags(up, listen="127.0.0.1")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "bootstrap":
+            host, port = args.xds_address
+            sys.stdout.write(bootstrap_yaml(xds_host=host, xds_port=port, node_id=args.node_id, admin_port=args.admin_port, delta=args.delta))
+            return 0
+        if args.command == "validate":
+            return _validate(args.path)
+        runner = _serve if args.command == "serve" else _up
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(runner(args))
+        return 0
+    except (FileNotFoundError, OSError) as e:
+        log.error("%s", e)
+        return EXIT_CANNOT_RUN
+
+
+def _validate(path: Path) -> int:
+    from .app import ControlPlane, load_files
+
+    logging.getLogger("knative_xds").setLevel(logging.CRITICAL)
+    _, applied = load_files(ControlPlane(), path)
+    problems = applied.problems
+    for p in problems:
+        print(p)
+    routes = len(applied.update.state.routes)
+    print(f"{path}: {routes} routes served, {len(problems)} problems", file=sys.stderr)
+    return EXIT_PROBLEMS if problems else 0
+
+
+def _settings(args: argparse.Namespace):
+    from .app import Settings
+    from .translate import GatewayConfig
+
+    return Settings(
+        gateway=GatewayConfig(
+            listen_address=args.listen_address,
+            external_port=args.external_port,
+            internal_port=args.internal_port,
+        ),
+        activator_mode=ActivatorMode(args.activator),
+        follow_public_endpoints=getattr(args, "follow_public_endpoints", False),
+    )
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from .app import ControlPlane, load_files
+    from .health import serve_health
+
+    plane = ControlPlane(_settings(args))
+    if args.kubernetes:
+        log.error("--kubernetes is not available in this build; use --config PATH")
+        return EXIT_CANNOT_RUN
+    health = None
+    if args.health_port is not None:
+        health = await serve_health(plane, "0.0.0.0", args.health_port)
+    source, _ = load_files(plane, args.config)
+    await plane.start_xds(f"{args.xds_address}:{args.xds_port}")
+    try:
+        await plane.follow(source)
+    finally:
+        await plane.stop()
+        if health is not None:
+            health.close()
+    return 0
+
+
+async def _up(args: argparse.Namespace) -> int:
+    from .local.up import run_up
+
+    return await run_up(args, _settings(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Running Knative revisions on this machine, for `knative-xds up`: processes, an activator, an echo app."""
