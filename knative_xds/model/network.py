@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import yaml
 
-from .objects import ObjectError, RawObject
+from .objects import ObjectError, RawObject, string_map
 from .types import ActivatorMode
 
 DEFAULT_DOMAIN = "example.com"
@@ -69,7 +69,7 @@ def _check_template(key: str, template: str, allowed: set[str]) -> str:
 
 def parse_config_domain(raw: RawObject, base: NetworkConfig) -> NetworkConfig:
     rules: list[DomainRule] = []
-    data = raw.body.get("data") or {}
+    data = string_map(raw.body, "data")
     for domain, value in sorted(data.items()):
         if domain.startswith("_"):  # Knative's `_example` documentation key
             continue
@@ -89,7 +89,7 @@ def parse_config_domain(raw: RawObject, base: NetworkConfig) -> NetworkConfig:
 
 
 def parse_config_network(raw: RawObject, base: NetworkConfig) -> NetworkConfig:
-    data = raw.body.get("data") or {}
+    data = string_map(raw.body, "data")
     domain_t = _check_template(
         "domain-template",
         str(data.get("domain-template", DEFAULT_DOMAIN_TEMPLATE)),

@@ -51,11 +51,13 @@ class RawObject:
 
     @property
     def labels(self) -> Mapping[str, str]:
-        return self.body.get("metadata", {}).get("labels") or {}
+        """`metadata.labels`; raises ObjectError when it is not a map of strings."""
+        return string_map(self.body, "metadata.labels")
 
     @property
     def annotations(self) -> Mapping[str, str]:
-        return self.body.get("metadata", {}).get("annotations") or {}
+        """`metadata.annotations`; raises ObjectError when it is not a map of strings."""
+        return string_map(self.body, "metadata.annotations")
 
     @property
     def ident(self) -> tuple[str, ObjectKey]:
@@ -134,7 +136,23 @@ def _get(obj: Mapping[str, Any], path: str, want: type, default: Any = None) -> 
     return value
 
 
-_WORDS = {str: "a string", int: "an integer", list: "a list"}
+_WORDS = {str: "a string", int: "an integer", list: "a list", Mapping: "a mapping"}
+
+
+def string_map(obj: Mapping[str, Any], path: str) -> dict[str, str]:
+    """A map of strings (labels, annotations, ConfigMap data), read without trusting it.
+
+    A hand-written file can put anything there; a list or a nested map must be
+    a Problem on that field, not an exception that stops the resolver. Scalars
+    are read as strings, as a YAML `replicas: 1` would be meant.
+    """
+    value = _get(obj, path, Mapping, {})
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        if isinstance(v, Mapping | list):
+            raise ObjectError(f"{path}.{k}", f"must be a string, got {v!r}")
+        out[str(k)] = "" if v is None else str(v)
+    return out
 
 
 def _type_word(want: type) -> str:
@@ -177,9 +195,7 @@ def _parse_target(index: int, target: Any) -> TrafficSpec:
     if not 0 <= percent <= 100:
         raise ObjectError(f"{at}.percent", f"must be between 0 and 100, got {percent}")
     if tag is not None and not _DNS1035.match(tag):
-        raise ObjectError(
-            f"{at}.tag", f"{tag!r} is not a DNS-1035 label (lower case, digits, '-')"
-        )
+        raise ObjectError(f"{at}.tag", f"{tag!r} is not a DNS-1035 label (lower case, digits, '-')")
     return TrafficSpec(revision, configuration, percent, tag)
 
 
@@ -241,7 +257,10 @@ def parse_endpoint_slice(raw: RawObject) -> EndpointSliceSpec:
     for i, ep in enumerate(_get(raw.body, "endpoints", list, [])):
         if not isinstance(ep, Mapping):
             raise ObjectError(f"endpoints[{i}]", f"must be a mapping, got {ep!r}")
-        conditions = ep.get("conditions") or {}
+        try:
+            conditions = _get(ep, "conditions", Mapping, {})
+        except ObjectError as e:
+            raise ObjectError(f"endpoints[{i}].{e.field}", e.message) from None
         # EndpointSlice: a nil `ready` means ready; only an explicit false is not.
         if conditions.get("ready") is False:
             continue

@@ -54,6 +54,7 @@ KINDS = (ROUTE, REVISION, CONFIGURATION, ENDPOINT_SLICE, CONFIG_MAP)
 NETWORK_CONFIG_MAPS = ("config-domain", "config-network")
 
 Ident = tuple[str, ObjectKey]
+HostKey = tuple[Visibility, str]
 
 _PARSERS = {
     ROUTE: parse_route,
@@ -93,7 +94,9 @@ class Resolver:
         self._routes: dict[ObjectKey, Route] = {}
         self._users: defaultdict[Ident, set[ObjectKey]] = defaultdict(set)
         self._deps: dict[ObjectKey, set[Ident]] = {}
-        self._host_owner: dict[tuple[Visibility, str], ObjectKey] = {}
+        self._host_owner: dict[HostKey, ObjectKey] = {}
+        self._hosts_of: dict[ObjectKey, set[HostKey]] = {}
+        self._hosts_freed = False
         self._slices_of: defaultdict[ObjectKey, set[ObjectKey]] = defaultdict(set)
         self._slice_revision: dict[ObjectKey, ObjectKey] = {}
         self._activator_slices: set[ObjectKey] = set()
@@ -177,12 +180,17 @@ class Resolver:
             self._parse_problems.pop(ident, None)
         except ObjectError as e:
             # Keep the last good parse (if any) serving; report why this one is unusable.
-            self._parse_problems[ident] = Problem(raw.origin, ident[0], str(ident[1]), e.field, e.message)
+            self._parse_problems[ident] = Problem(
+                raw.origin, ident[0], str(ident[1]), e.field, e.message
+            )
         return True
 
     def _read_network(self) -> net.NetworkConfig:
         config = net.NetworkConfig(activator_mode=self._mode)
-        readers = (("config-domain", net.parse_config_domain), ("config-network", net.parse_config_network))
+        readers = (
+            ("config-domain", net.parse_config_domain),
+            ("config-network", net.parse_config_network),
+        )
         for name, read in readers:
             ident = (CONFIG_MAP, ObjectKey(KNATIVE_NAMESPACE, name))
             raw = self._raw.get(ident)
@@ -192,7 +200,9 @@ class Resolver:
                 config = read(raw, config)
                 self._parse_problems.pop(ident, None)
             except ObjectError as e:
-                self._parse_problems[ident] = Problem(raw.origin, CONFIG_MAP, str(ident[1]), e.field, e.message)
+                self._parse_problems[ident] = Problem(
+                    raw.origin, CONFIG_MAP, str(ident[1]), e.field, e.message
+                )
                 kept = self._specs.get(ident)
                 if isinstance(kept, net.NetworkConfig):
                     config = read_kept(kept, config, name)
@@ -204,14 +214,23 @@ class Resolver:
 
     def _resolve_routes(self, dirty: set[ObjectKey]) -> set[ObjectKey]:
         changed: set[ObjectKey] = set()
-        # A host freed by one Route may unblock another that lost a host conflict.
-        retry = {k for k, p in self._route_problems.items() if p.field == "hosts"}
-        for key in sorted(dirty | retry):
-            before = self._routes.get(key)
-            self._resolve_route(key)
-            if self._routes.get(key) is not before:
-                changed.add(key)
+        pending = dirty
+        while pending:
+            self._hosts_freed = False
+            for key in sorted(pending):
+                before = self._routes.get(key)
+                self._resolve_route(key)
+                if self._routes.get(key) is not before:
+                    changed.add(key)
+            # A host freed in this pass may unblock a Route that lost a host conflict,
+            # whichever name sorts first: retry those after the pass, and only when a
+            # host was freed, so a lasting conflict costs nothing on unrelated updates.
+            # Each further pass needs a retried Route to succeed, so this ends.
+            pending = self._host_losers() if self._hosts_freed else set()
         return changed
+
+    def _host_losers(self) -> set[ObjectKey]:
+        return {k for k, p in self._route_problems.items() if p.field == "hosts"}
 
     def _resolve_route(self, key: ObjectKey) -> None:
         ident = (ROUTE, key)
@@ -300,18 +319,35 @@ class Resolver:
         return spec.revision
 
     def _claim_hosts(self, route: Route) -> None:
-        wanted = {(rule.visibility, h) for rule in route.rules for h in rule.hosts}
-        for vis_host in sorted(wanted, key=lambda v: (v[0].value, v[1])):
+        # Rule order (a Route's main public host first) decides which conflict is named.
+        wanted = [(rule.visibility, h) for rule in route.rules for h in rule.hosts]
+        seen: set[HostKey] = set()
+        for vis_host in wanted:
+            # A tag-template without {{.Tag}} (Knative accepts one) gives a tag the main
+            # host; Envoy rejects a whole route table holding a domain twice.
+            if vis_host in seen:
+                raise ObjectError(
+                    "hosts", f"host {vis_host[1]!r} is given twice: check the tag-template"
+                )
+            seen.add(vis_host)
             owner = self._host_owner.get(vis_host)
             if owner is not None and owner != route.key and owner in self._routes:
-                raise ObjectError("hosts", f"host {vis_host[1]!r} is already served by route {owner}")
-        self._release_hosts(route.key)
+                raise ObjectError(
+                    "hosts", f"host {vis_host[1]!r} is already served by route {owner}"
+                )
+        self._release_hosts(route.key, keep=set(wanted))
+        self._hosts_of[route.key] = set(wanted)
         for vis_host in wanted:
             self._host_owner[vis_host] = route.key
 
-    def _release_hosts(self, key: ObjectKey) -> None:
-        for vis_host in [h for h, owner in self._host_owner.items() if owner == key]:
-            del self._host_owner[vis_host]
+    def _release_hosts(self, key: ObjectKey, keep: set[HostKey] | None = None) -> None:
+        """Free the hosts `key` holds (but `keep`), through its own index: scanning every
+        owned host would make each Route's resolution cost O(all hosts)."""
+        freed = self._hosts_of.pop(key, set()) - (keep or set())
+        for vis_host in freed:
+            if self._host_owner.get(vis_host) == key:
+                del self._host_owner[vis_host]
+        self._hosts_freed |= bool(freed)
 
     def _drop_route(self, key: ObjectKey) -> None:
         self._routes.pop(key, None)

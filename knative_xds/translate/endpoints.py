@@ -31,7 +31,9 @@ def choose_endpoints(
     return via_activator or pods
 
 
-def load_assignment(name: str, endpoints: tuple[Endpoint, ...]) -> endpoint_pb2.ClusterLoadAssignment:
+def load_assignment(
+    name: str, endpoints: tuple[Endpoint, ...]
+) -> endpoint_pb2.ClusterLoadAssignment:
     lb_endpoints = [
         epc.LbEndpoint(
             endpoint=epc.Endpoint(

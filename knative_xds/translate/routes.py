@@ -82,9 +82,7 @@ def _tag_header_route(
         match=rc.RouteMatch(
             prefix="/",
             headers=[
-                rc.HeaderMatcher(
-                    name=TAG_HEADER, string_match=string_pb2.StringMatcher(exact=tag)
-                )
+                rc.HeaderMatcher(name=TAG_HEADER, string_match=string_pb2.StringMatcher(exact=tag))
             ],
         ),
         route=_route_action(namespace, (Split(revision, 100),), timeouts),
@@ -142,4 +140,3 @@ def route_table(visibility: Visibility, parts: Iterable[VirtualHostPart]) -> Res
     version = content_hash(head + "".join(p.version for p in ordered).encode())
     clusters = frozenset().union(*(p.clusters for p in ordered))
     return Resource(type_url=ROUTE, name=name, body=body, version=version, refs=clusters)
-

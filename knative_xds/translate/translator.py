@@ -78,7 +78,9 @@ class Translator:
                 delta.set(resource)
             touched_tables = set(Visibility)
         for key in sorted(update.changed_routes):
-            touched_revisions |= self._apply_route(key, update.state.routes.get(key), touched_tables)
+            touched_revisions |= self._apply_route(
+                key, update.state.routes.get(key), touched_tables
+            )
         for visibility in sorted(touched_tables, key=lambda v: v.value):
             delta.set(route_table(visibility, self._parts[visibility].values()))
             self.stats.route_tables_built += 1
@@ -93,7 +95,10 @@ class Translator:
         ports = {Visibility.EXTERNAL: g.external_port, Visibility.CLUSTER_LOCAL: g.internal_port}
         return [
             listener_resource(
-                name=LISTENER_FOR[v], address=g.listen_address, port=ports[v], route_table=LISTENER_FOR[v]
+                name=LISTENER_FOR[v],
+                address=g.listen_address,
+                port=ports[v],
+                route_table=LISTENER_FOR[v],
             )
             for v in Visibility
         ]
@@ -159,7 +164,10 @@ class Translator:
                 delta.set(resource)
         state = update.state
         chosen = choose_endpoints(
-            revision, pods=state.pods.get(key, ()), activator=state.activator, mode=state.activator_mode
+            revision,
+            pods=state.pods.get(key, ()),
+            activator=state.activator,
+            mode=state.activator_mode,
         )
         inputs = (revision.key, chosen)
         held_eps = self._endpoints.get(key)
