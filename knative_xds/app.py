@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,13 +72,17 @@ class ControlPlane:
         for path, problems in batch.problems.items():
             self.pipeline.set_source_problems(str(path), problems)
 
-    async def follow(self, source: FileSource) -> None:
+    async def follow(
+        self, source: FileSource, on_batch: Callable[[FileBatch], None] | None = None
+    ) -> None:
         """Apply file edits as they happen; runs until cancelled."""
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.pipeline.run())
             async for batch in source.watch():
                 self._set_problems(batch)
                 self.pipeline.submit(batch.changes)
+                if on_batch is not None:
+                    on_batch(batch)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -121,11 +122,25 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(args.path)
         runner = _serve if args.command == "serve" else _up
         with contextlib.suppress(KeyboardInterrupt):
-            return asyncio.run(runner(args))
+            return asyncio.run(_until_signalled(runner(args)))
         return 0
-    except (FileNotFoundError, OSError) as e:
-        log.error("%s", e)
+    except OSError as e:
+        print(f"knative-xds: {e}", file=sys.stderr)
         return EXIT_CANNOT_RUN
+
+
+async def _until_signalled(job) -> int:
+    """Run `job`; SIGTERM (as Kubernetes sends) cancels it like Ctrl-C, so cleanup runs."""
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await job
+    except asyncio.CancelledError:
+        log.info("stopped")
+        return 0
 
 
 def _validate(path: Path) -> int:

