@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    gateway: GatewayConfig = GatewayConfig()
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     activator_mode: ActivatorMode = ActivatorMode.AT_ZERO
     follow_public_endpoints: bool = False
     coalesce_ms: float = 3.0
@@ -55,7 +55,9 @@ class ControlPlane:
     async def start_xds(self, address: str) -> int:
         """Listen for Envoys; streams are refused (UNAVAILABLE) until the first state is loaded."""
         self._grpc, port = await start(self.ads, address)
-        log.info("xDS (ADS, SotW and Delta) listening on %s", address.rsplit(":", 1)[0] + f":{port}")
+        log.info(
+            "xDS (ADS, SotW and Delta) listening on %s", address.rsplit(":", 1)[0] + f":{port}"
+        )
         return port
 
     async def stop(self, grace: float = 1.0) -> None:

@@ -103,7 +103,8 @@ class SnapshotCache:
         for type_url, items in delta.changes.items():
             current = self._resources.setdefault(type_url, {})
             names = {
-                n for n, r in items.items()
+                n
+                for n, r in items.items()
                 if (r is None and n in current) or (r is not None and _differs(current.get(n), r))
             }
             if not names:
@@ -159,12 +160,18 @@ def check_consistency(
     for listener in listeners.values():
         missing = listener.refs - routes.keys()
         if missing:
-            raise InconsistentSnapshot(f"listener {listener.name} needs route tables {sorted(missing)}")
+            raise InconsistentSnapshot(
+                f"listener {listener.name} needs route tables {sorted(missing)}"
+            )
     for table in routes.values():
         if table.name in changed.get(ROUTE, ()) or changed.get(CLUSTER):
             missing = table.refs - clusters.keys()
             if missing:
-                raise InconsistentSnapshot(f"route table {table.name} needs clusters {sorted(missing)[:5]}")
+                raise InconsistentSnapshot(
+                    f"route table {table.name} needs clusters {sorted(missing)[:5]}"
+                )
     for name in changed.get(CLUSTER, frozenset()) | changed.get(ENDPOINT, frozenset()):
         if (name in clusters) != (name in endpoints):
-            raise InconsistentSnapshot(f"cluster {name} and its endpoints must come and go together")
+            raise InconsistentSnapshot(
+                f"cluster {name} and its endpoints must come and go together"
+            )

@@ -56,8 +56,12 @@ def _port(text: str) -> int:
 def _add_gateway_flags(p: argparse.ArgumentParser, *, listen: str) -> None:
     g = p.add_argument_group("gateway listeners (served to Envoy over LDS)")
     g.add_argument("--external-port", type=_port, default=8080, help="public hosts (default: 8080)")
-    g.add_argument("--internal-port", type=_port, default=8081, help="cluster-local hosts (default: 8081)")
-    g.add_argument("--listen-address", default=listen, help=f"address the listeners bind (default: {listen})")
+    g.add_argument(
+        "--internal-port", type=_port, default=8081, help="cluster-local hosts (default: 8081)"
+    )
+    g.add_argument(
+        "--listen-address", default=listen, help=f"address the listeners bind (default: {listen})"
+    )
     g.add_argument(
         "--activator",
         choices=[m.value for m in ActivatorMode],
@@ -75,32 +79,93 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"knative-xds {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the control plane", description="Run the xDS control plane. Gateway Envoys connect to --xds-port over gRPC ADS (SotW or Delta).")
+    serve = sub.add_parser(
+        "serve",
+        help="run the control plane",
+        description="Run the xDS control plane. Gateway Envoys connect to --xds-port over gRPC ADS (SotW or Delta).",
+    )
     source = serve.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", type=Path, metavar="PATH", help="a Knative YAML file or a folder of them, watched for edits")
-    source.add_argument("--kubernetes", action="store_true", help="watch Knative objects in the cluster (in-cluster config, else kubeconfig)")
-    serve.add_argument("--xds-port", type=_port, default=18000, help="ADS gRPC port (default: 18000)")
-    serve.add_argument("--xds-address", default="0.0.0.0", help="ADS bind address (default: 0.0.0.0)")
-    serve.add_argument("--health-port", type=_port, default=None, help="serve /healthz, /ready and /debug/status on this port")
-    serve.add_argument("--follow-public-endpoints", action="store_true", help="with --kubernetes: use the revisions' public service endpoints that Knative's ServerlessService manages (Knative picks activator or pods) instead of the private ones")
+    source.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="a Knative YAML file or a folder of them, watched for edits",
+    )
+    source.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="watch Knative objects in the cluster (in-cluster config, else kubeconfig)",
+    )
+    serve.add_argument(
+        "--xds-port", type=_port, default=18000, help="ADS gRPC port (default: 18000)"
+    )
+    serve.add_argument(
+        "--xds-address", default="0.0.0.0", help="ADS bind address (default: 0.0.0.0)"
+    )
+    serve.add_argument(
+        "--health-port",
+        type=_port,
+        default=None,
+        help="serve /healthz, /ready and /debug/status on this port",
+    )
+    serve.add_argument(
+        "--follow-public-endpoints",
+        action="store_true",
+        help="with --kubernetes: use the revisions' public service endpoints that Knative's ServerlessService manages (Knative picks activator or pods) instead of the private ones",
+    )
     _add_gateway_flags(serve, listen="0.0.0.0")
 
-    boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap (YAML) that connects to the control plane", description="Print an Envoy bootstrap that takes all its configuration from knative-xds over ADS.")
-    boot.add_argument("--xds-address", type=_host_port, required=True, metavar="HOST:PORT", help="where knative-xds serves xDS")
-    boot.add_argument("--node-id", default="knative-gateway", help="this Envoy's node id (default: knative-gateway)")
-    boot.add_argument("--admin-port", type=_port, default=9901, help="Envoy admin port on 127.0.0.1 (default: 9901)")
-    boot.add_argument("--delta", action="store_true", help="use incremental (Delta) ADS instead of State of the World")
+    boot = sub.add_parser(
+        "bootstrap",
+        help="print an Envoy bootstrap (YAML) that connects to the control plane",
+        description="Print an Envoy bootstrap that takes all its configuration from knative-xds over ADS.",
+    )
+    boot.add_argument(
+        "--xds-address",
+        type=_host_port,
+        required=True,
+        metavar="HOST:PORT",
+        help="where knative-xds serves xDS",
+    )
+    boot.add_argument(
+        "--node-id",
+        default="knative-gateway",
+        help="this Envoy's node id (default: knative-gateway)",
+    )
+    boot.add_argument(
+        "--admin-port",
+        type=_port,
+        default=9901,
+        help="Envoy admin port on 127.0.0.1 (default: 9901)",
+    )
+    boot.add_argument(
+        "--delta",
+        action="store_true",
+        help="use incremental (Delta) ADS instead of State of the World",
+    )
 
-    val = sub.add_parser("validate", help="check Knative YAML and print every problem", description="Check a Knative YAML file or folder the way the control plane reads it. Exits 1 if any object has a problem.")
+    val = sub.add_parser(
+        "validate",
+        help="check Knative YAML and print every problem",
+        description="Check a Knative YAML file or folder the way the control plane reads it. Exits 1 if any object has a problem.",
+    )
     val.add_argument("path", type=Path, help="a YAML file or a folder of them")
 
-    up = sub.add_parser("up", help="run the control plane, the bundled Envoy and the example's apps together", description="Run everything on this machine in the foreground: the control plane on a watched YAML file or folder, the bundled Envoy, every revision whose container has a local `command`, and a local activator that wakes revisions at zero. Ctrl-C stops them all.")
+    up = sub.add_parser(
+        "up",
+        help="run the control plane, the bundled Envoy and the example's apps together",
+        description="Run everything on this machine in the foreground: the control plane on a watched YAML file or folder, the bundled Envoy, every revision whose container has a local `command`, and a local activator that wakes revisions at zero. Ctrl-C stops them all.",
+    )
     up.add_argument("path", type=Path, help="a Knative YAML file or a folder of them")
     up.add_argument("--xds-port", type=_port, default=0, help="ADS port (default: any free port)")
-    up.add_argument("--admin-port", type=_port, default=9901, help="Envoy admin port (default: 9901)")
+    up.add_argument(
+        "--admin-port", type=_port, default=9901, help="Envoy admin port (default: 9901)"
+    )
     up.add_argument("--delta", action="store_true", help="connect Envoy with Delta ADS")
     _add_gateway_flags(up, listen="127.0.0.1")
     return parser
@@ -116,7 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "bootstrap":
             host, port = args.xds_address
-            sys.stdout.write(bootstrap_yaml(xds_host=host, xds_port=port, node_id=args.node_id, admin_port=args.admin_port, delta=args.delta))
+            sys.stdout.write(
+                bootstrap_yaml(
+                    xds_host=host,
+                    xds_port=port,
+                    node_id=args.node_id,
+                    admin_port=args.admin_port,
+                    delta=args.delta,
+                )
+            )
             return 0
         if args.command == "validate":
             return _validate(args.path)

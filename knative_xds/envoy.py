@@ -64,7 +64,11 @@ def bootstrap(
                     "load_assignment": {
                         "cluster_name": XDS_CLUSTER,
                         "endpoints": [
-                            {"lb_endpoints": [{"endpoint": {"address": _socket(xds_host, xds_port)}}]}
+                            {
+                                "lb_endpoints": [
+                                    {"endpoint": {"address": _socket(xds_host, xds_port)}}
+                                ]
+                            }
                         ],
                     },
                 }
@@ -95,7 +99,10 @@ def find_envoy() -> Path | None:
         candidate = Path(root) / "envoy" / "_bin" / "envoy"
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
-    on_path = shutil.which("envoy", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    on_path = shutil.which(
+        "envoy",
+        path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    )
     return Path(on_path) if on_path else None
 
 
@@ -113,9 +120,15 @@ async def start_envoy(
     config_path: Path, *, log_level: str = "warn", log_path: Path | None = None
 ) -> asyncio.subprocess.Process:
     binary = require_envoy()
-    args = [str(binary), "-c", str(config_path), "--log-level", log_level,
-            # Several Envoys (tests, a second gateway) must run side by side on one host.
-            "--disable-hot-restart"]  # fmt: skip
+    args = [
+        str(binary),
+        "-c",
+        str(config_path),
+        "--log-level",
+        log_level,
+        # Several Envoys (tests, a second gateway) must run side by side on one host.
+        "--disable-hot-restart",
+    ]
     out = open(log_path, "ab") if log_path else asyncio.subprocess.DEVNULL  # noqa: SIM115
     try:
         return await asyncio.create_subprocess_exec(*args, stdout=out, stderr=out)
@@ -130,14 +143,18 @@ def admin_get(admin_port: int, path: str, *, timeout: float = 2.0) -> str:
         return r.read().decode()
 
 
-async def wait_ready(admin_port: int, process: asyncio.subprocess.Process, *, timeout: float = 30) -> None:
+async def wait_ready(
+    admin_port: int, process: asyncio.subprocess.Process, *, timeout: float = 30
+) -> None:
     """Until Envoy's admin says LIVE; raises if Envoy exits or time runs out."""
     async with asyncio.timeout(timeout):
         while True:
             if process.returncode is not None:
                 raise RuntimeError(f"Envoy exited with code {process.returncode} while starting")
             try:
-                if (await asyncio.to_thread(admin_get, admin_port, "/ready", timeout=0.5)).strip() == "LIVE":
+                if (
+                    await asyncio.to_thread(admin_get, admin_port, "/ready", timeout=0.5)
+                ).strip() == "LIVE":
                     return
             except OSError:
                 pass

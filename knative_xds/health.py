@@ -70,7 +70,11 @@ def _route(plane: ControlPlane, path: str) -> tuple[str, bytes]:
         return "200 OK", b'{"ok": true}'
     if path == "/ready":
         ok = plane.loaded.is_set() and plane.cache.current() is not None
-        return ("200 OK", b'{"ready": true}') if ok else ("503 Service Unavailable", b'{"ready": false}')
+        return (
+            ("200 OK", b'{"ready": true}')
+            if ok
+            else ("503 Service Unavailable", b'{"ready": false}')
+        )
     if path == "/debug/status":
         return "200 OK", json.dumps(status(plane), indent=2).encode()
     return "404 Not Found", b'{"error": "try /healthz, /ready or /debug/status"}'

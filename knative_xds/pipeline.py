@@ -79,7 +79,9 @@ class Pipeline:
         try:
             snapshot = self.cache.apply(delta)
         except InconsistentSnapshot:
-            log.exception("refusing to publish an inconsistent snapshot; still serving the last one")
+            log.exception(
+                "refusing to publish an inconsistent snapshot; still serving the last one"
+            )
             snapshot = None
         self._report()
         self.applied += 1

@@ -113,9 +113,19 @@ def _get(port: int, host: str) -> dict:
 def test_up_serves_the_example_wakes_a_revision_at_zero_and_stops_cleanly_on_ctrl_c():
     ext, internal, admin = free_port(), free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "knative_xds.cli", "up", str(EXAMPLE),
-         "--external-port", str(ext), "--internal-port", str(internal),
-         "--admin-port", str(admin)],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "knative_xds.cli",
+            "up",
+            str(EXAMPLE),
+            "--external-port",
+            str(ext),
+            "--internal-port",
+            str(internal),
+            "--admin-port",
+            str(admin),
+        ],
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -48,7 +48,10 @@ class LocalActivator:
         name = request.header("knative-serving-revision")
         namespace = request.header("knative-serving-namespace", "default")
         if not name:
-            return _error("400 Bad Request", "no Knative-Serving-Revision header: send requests through the gateway")
+            return _error(
+                "400 Bad Request",
+                "no Knative-Serving-Revision header: send requests through the gateway",
+            )
         key = ObjectKey(namespace, name)
         try:
             port = await self._revisions.wake(key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 
@@ -55,15 +56,21 @@ async def _main(name: str, host: str, port: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Answer every HTTP request with this revision's name and the request's headers.")
-    parser.add_argument("--name", default=os.environ.get("K_REVISION", "echo"), help="the name to answer with (default: $K_REVISION)")
+    parser = argparse.ArgumentParser(
+        description="Answer every HTTP request with this revision's name and the request's headers."
+    )
+    parser.add_argument(
+        "--name",
+        default=os.environ.get("K_REVISION", "echo"),
+        help="the name to answer with (default: $K_REVISION)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")), help="default: $PORT")
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("PORT", "8080")), help="default: $PORT"
+    )
     args = parser.parse_args()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(args.name, args.host, args.port))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -20,7 +20,11 @@ class Message:
 
     @property
     def keep_alive(self) -> bool:
-        version = self.start.split(" ", 1)[0] if self.start.startswith("HTTP/") else self.start.rsplit(" ", 1)[-1]
+        version = (
+            self.start.split(" ", 1)[0]
+            if self.start.startswith("HTTP/")
+            else self.start.rsplit(" ", 1)[-1]
+        )
         conn = self.header("connection").lower()
         return conn != "close" if version == "HTTP/1.1" else conn == "keep-alive"
 

@@ -43,7 +43,9 @@ def runnable(raw: RawObject) -> Runnable | None:
     """How to run a Revision here, or None if its container says no `command`."""
     containers = raw.body.get("spec", {}).get("containers") or []
     first = containers[0] if containers and isinstance(containers[0], Mapping) else {}
-    command = [str(c) for c in (first.get("command") or [])] + [str(a) for a in (first.get("args") or [])]
+    command = [str(c) for c in (first.get("command") or [])] + [
+        str(a) for a in (first.get("args") or [])
+    ]
     if not command:
         return None
     if command[0] in ("python", "python3"):
@@ -75,7 +77,13 @@ def slice_object(key: ObjectKey, port: int | None) -> RawObject:
         key.name, ["127.0.0.1"] if port else [], port or 1, namespace=key.namespace, suffix="local"
     )
     meta = body["metadata"]
-    return RawObject("EndpointSlice", body["apiVersion"], ObjectKey(meta["namespace"], meta["name"]), body, "local")
+    return RawObject(
+        "EndpointSlice",
+        body["apiVersion"],
+        ObjectKey(meta["namespace"], meta["name"]),
+        body,
+        "local",
+    )
 
 
 class LocalRevisions:
@@ -87,6 +95,7 @@ class LocalRevisions:
         self._procs: dict[ObjectKey, asyncio.subprocess.Process] = {}
         self._ports: dict[ObjectKey, int] = {}
         self._starting: dict[ObjectKey, asyncio.Task[int]] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     def observe(self, changes: Mapping[tuple[str, ObjectKey], RawObject | None]) -> list[Runnable]:
         """Learn revisions from source changes; return the ones to start now (not at zero)."""
@@ -126,13 +135,22 @@ class LocalRevisions:
             if isinstance(result, Exception):
                 log.error("revision %s did not start: %s", run.key, result)
 
+    def start_later(self, runs: list[Runnable]) -> None:
+        """Start revisions a file edit added, without holding up the edit; `close` cancels it."""
+        if runs:
+            task = asyncio.ensure_future(self.start_all(runs))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
     async def _start(self, run: Runnable) -> int:
         port = _free_port()
         env = {**os.environ, **dict(run.env), "PORT": str(port), "K_REVISION": run.key.name}
         if run.configuration:
             env["K_CONFIGURATION"] = run.configuration
         log.info("starting revision %s on 127.0.0.1:%d: %s", run.key, port, " ".join(run.command))
-        proc = await asyncio.create_subprocess_exec(*run.command, env=env, stdout=asyncio.subprocess.DEVNULL)
+        proc = await asyncio.create_subprocess_exec(
+            *run.command, env=env, stdout=asyncio.subprocess.DEVNULL
+        )
         self._procs[run.key] = proc
         try:
             await _until_accepting(port, proc)
@@ -141,11 +159,13 @@ class LocalRevisions:
             self._procs.pop(run.key, None)
             raise
         self._ports[run.key] = port
-        self._publish({("EndpointSlice", slice_object(run.key, port).key): slice_object(run.key, port)})
+        self._publish(
+            {("EndpointSlice", slice_object(run.key, port).key): slice_object(run.key, port)}
+        )
         return port
 
     async def close(self) -> None:
-        for task in list(self._starting.values()):
+        for task in [*self._starting.values(), *self._background]:
             task.cancel()
         await asyncio.gather(*(_stop(p) for p in self._procs.values()), return_exceptions=True)
         self._procs.clear()
@@ -156,7 +176,9 @@ async def _until_accepting(port: int, proc: asyncio.subprocess.Process) -> None:
     async with asyncio.timeout(READY_TIMEOUT):
         while True:
             if proc.returncode is not None:
-                raise RuntimeError(f"exited with code {proc.returncode} before listening on port {port}")
+                raise RuntimeError(
+                    f"exited with code {proc.returncode} before listening on port {port}"
+                )
             with contextlib.suppress(OSError):
                 _, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.close()
@@ -174,4 +196,3 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
     except TimeoutError:
         proc.kill()
         await proc.wait()
-

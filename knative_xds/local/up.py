@@ -30,7 +30,9 @@ def _activator_slice(port: int) -> dict:
     body = synth.activator_slice("127.0.0.1", port)
     meta = body["metadata"]
     key = ObjectKey(meta["namespace"], meta["name"])
-    return {("EndpointSlice", key): RawObject("EndpointSlice", body["apiVersion"], key, body, "local")}
+    return {
+        ("EndpointSlice", key): RawObject("EndpointSlice", body["apiVersion"], key, body, "local")
+    }
 
 
 def where_to_send(state: State, settings: Settings) -> str:
@@ -40,8 +42,12 @@ def where_to_send(state: State, settings: Settings) -> str:
         for rule in route.rules:
             port = g.external_port if rule.visibility is Visibility.EXTERNAL else g.internal_port
             split = ", ".join(f"{s.revision} {s.percent}%" for s in rule.splits)
-            lines.append(f"  curl -H 'Host: {rule.hosts[0]}' http://{g.listen_address}:{port}/    # {split}")
-    return "\n".join(lines) or "  (no valid routes yet: fix the problems above, the file is watched)"
+            lines.append(
+                f"  curl -H 'Host: {rule.hosts[0]}' http://{g.listen_address}:{port}/    # {split}"
+            )
+    return (
+        "\n".join(lines) or "  (no valid routes yet: fix the problems above, the file is watched)"
+    )
 
 
 async def run_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -72,8 +78,7 @@ async def run_up(args: argparse.Namespace, settings: Settings) -> int:
         )
 
         def on_batch(b: FileBatch) -> None:
-            for run in revisions.observe(b.changes):
-                asyncio.ensure_future(revisions.start_all([run]))
+            revisions.start_later(revisions.observe(b.changes))
 
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(plane.follow(source, on_batch))
@@ -102,14 +107,18 @@ async def _start_envoy(xds_port: int, args: argparse.Namespace):
     workdir = Path(tempfile.mkdtemp(prefix="knative-xds-"))
     boot = workdir / "envoy.yaml"
     boot.write_text(
-        bootstrap_yaml(xds_host="127.0.0.1", xds_port=xds_port, admin_port=args.admin_port, delta=args.delta)
+        bootstrap_yaml(
+            xds_host="127.0.0.1", xds_port=xds_port, admin_port=args.admin_port, delta=args.delta
+        )
     )
     envoy = await start_envoy(boot, log_path=workdir / "envoy.log")
     try:
         await wait_ready(args.admin_port, envoy)
     except (RuntimeError, TimeoutError) as e:
         log_text = (workdir / "envoy.log").read_text(errors="replace")[-2000:]
-        raise OSError(f"Envoy did not start ({e}); is port {args.admin_port} or a listener port in use?\n{log_text}") from None
+        raise OSError(
+            f"Envoy did not start ({e}); is port {args.admin_port} or a listener port in use?\n{log_text}"
+        ) from None
     return envoy, workdir
 
 

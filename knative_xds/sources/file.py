@@ -57,7 +57,13 @@ def parse_documents(path: Path, text: str) -> tuple[dict[Ident, RawObject], list
         elif raw is not None:
             if raw.ident in objects:
                 problems.append(
-                    Problem(origin, raw.kind, str(raw.key), "metadata.name", "is defined twice in this file")
+                    Problem(
+                        origin,
+                        raw.kind,
+                        str(raw.key),
+                        "metadata.name",
+                        "is defined twice in this file",
+                    )
                 )
             objects[raw.ident] = raw
     return objects, problems
@@ -66,7 +72,11 @@ def parse_documents(path: Path, text: str) -> tuple[dict[Ident, RawObject], list
 def _flatten(docs: Iterable[Any]) -> Iterable[Any]:
     """`kind: List` documents (as `kubectl get -o yaml` prints) hold their objects in `items`."""
     for doc in docs:
-        if isinstance(doc, Mapping) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+        if (
+            isinstance(doc, Mapping)
+            and doc.get("kind") == "List"
+            and isinstance(doc.get("items"), list)
+        ):
             yield from doc["items"]
         else:
             yield doc
@@ -81,10 +91,18 @@ def _raw_object(origin: str, index: int, doc: Any) -> tuple[RawObject | None, Pr
     if not isinstance(kind, str) or not isinstance(meta, Mapping) or not meta.get("name"):
         return None, Problem(origin, "file", where, "", "needs kind and metadata.name")
     if kind not in KINDS:
-        log.info("%s: %s %s skipped: knative-xds reads %s", origin, kind, meta.get("name"), ", ".join(KINDS))
+        log.info(
+            "%s: %s %s skipped: knative-xds reads %s",
+            origin,
+            kind,
+            meta.get("name"),
+            ", ".join(KINDS),
+        )
         return None, None
     key = ObjectKey(str(meta.get("namespace") or "default"), str(meta["name"]))
-    return RawObject(kind=kind, api_version=str(doc.get("apiVersion", "")), key=key, body=doc, origin=origin), None
+    return RawObject(
+        kind=kind, api_version=str(doc.get("apiVersion", "")), key=key, body=doc, origin=origin
+    ), None
 
 
 class FileSource:
@@ -102,7 +120,9 @@ class FileSource:
 
     def read_all(self) -> FileBatch:
         if not self.path.exists():
-            raise FileNotFoundError(f"{self.path} does not exist: give a YAML file or a directory of them")
+            raise FileNotFoundError(
+                f"{self.path} does not exist: give a YAML file or a directory of them"
+            )
         return self.reread(self.files())
 
     def reread(self, paths: Iterable[Path]) -> FileBatch:
@@ -129,7 +149,11 @@ class FileSource:
         batch.problems[path] = problems
 
     def _replace(
-        self, path: Path, objects: dict[Ident, RawObject], batch: FileBatch, problems: list[Problem] | None = None
+        self,
+        path: Path,
+        objects: dict[Ident, RawObject],
+        batch: FileBatch,
+        problems: list[Problem] | None = None,
     ) -> None:
         before = self._by_file.get(path, {})
         for ident in before.keys() - objects.keys():
@@ -141,7 +165,13 @@ class FileSource:
             if owner != path:
                 if problems is not None:
                     problems.append(
-                        Problem(str(path), raw.kind, str(raw.key), "metadata.name", f"is already defined in {owner}; ignored here")
+                        Problem(
+                            str(path),
+                            raw.kind,
+                            str(raw.key),
+                            "metadata.name",
+                            f"is already defined in {owner}; ignored here",
+                        )
                     )
                 continue
             old = before.get(ident)
