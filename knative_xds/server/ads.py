@@ -73,14 +73,23 @@ class AdsServer:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, "no complete configuration loaded yet; retry shortly"
             )
-        stream = Stream(cache=self.cache, delta=delta, peer=context.peer(), on_nack=self._record_nack)
+        stream = Stream(
+            cache=self.cache, delta=delta, peer=context.peer(), on_nack=self._record_nack
+        )
         self.streams[stream.status.id] = stream
-        log.info("stream %s opened from %s (%s)", stream.status.id, context.peer(), "delta" if delta else "sotw")
+        log.info(
+            "stream %s opened from %s (%s)",
+            stream.status.id,
+            context.peer(),
+            "delta" if delta else "sotw",
+        )
         try:
             await stream.serve(requests, context.write)
         except* ProtocolError as group:
             message = str(group.exceptions[0])
-            log.warning("stream %s (%s): %s", stream.status.id, stream.status.node_id or "?", message)
+            log.warning(
+                "stream %s (%s): %s", stream.status.id, stream.status.node_id or "?", message
+            )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
         finally:
             del self.streams[stream.status.id]

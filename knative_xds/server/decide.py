@@ -18,9 +18,12 @@ from .subscription import WILDCARD, Decision, Subscription
 def classify_sotw(request: discovery_pb2.DiscoveryRequest, sub: Subscription | None) -> Decision:
     if sub is None or not request.response_nonce:
         return Decision.INITIAL
+    # A nonce echoed before this stream sent anything of the type comes from an earlier
+    # stream: nothing newer was sent, so it is not stale and its names count.
+    stale = sub.last_nonce is not None and request.response_nonce != sub.last_nonce
     if request.HasField("error_detail"):
-        return Decision.NACK if request.response_nonce == sub.last_nonce else Decision.STALE
-    if request.response_nonce != sub.last_nonce:
+        return Decision.STALE if stale else Decision.NACK
+    if stale:
         return Decision.STALE
     if _names(request.resource_names, sub) != _current(sub):
         return Decision.SUBSCRIPTION_CHANGE

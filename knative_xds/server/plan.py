@@ -72,14 +72,18 @@ def _desired(type_url: str, snapshot: Snapshot, subs: Subscriptions) -> dict[str
 
 
 def _ready(table: Resource, subs: Subscriptions) -> bool:
-    """Does the client hold every cluster (and, if it asked, its endpoints) this table names?"""
+    """Does the client hold every cluster (and its endpoints) this table names?"""
     cds, eds = subs.get(CLUSTER), subs.get(ENDPOINT)
+    # Only a wildcard CDS client gets clusters without asking; a client that asks
+    # for clusters by name (gRPC) asks after it sees the route, so it cannot wait.
+    pushed = cds if cds is not None and cds.wildcard else None
     for cluster in table.refs:
-        # Only a wildcard CDS client gets clusters without asking; a client that asks
-        # for clusters by name (gRPC) asks after it sees the route, so it cannot wait.
-        if cds is not None and cds.wildcard and cluster not in cds.acked:
+        if pushed is not None and cluster not in pushed.acked:
             return False
-        if eds is not None and eds.covers(cluster) and cluster not in eds.acked:
+        # Our clusters are all EDS clusters, so a client that is pushed clusters and
+        # uses EDS will ask for these endpoints, perhaps only after it ACKed the cluster.
+        asks = pushed is not None or (eds is not None and eds.covers(cluster))
+        if eds is not None and asks and cluster not in eds.acked:
             return False
     return True
 
@@ -116,11 +120,14 @@ def plan_delta(type_url: str, snapshot: Snapshot, subs: Subscriptions) -> Outgoi
     sub = subs[type_url]
     desired = _desired(type_url, snapshot, subs)
     changed = _changed(desired, sub.sent)
+    changed.update({n: desired[n] for n in sub.unsettled if n in desired})
     removed = [n for n in sub.sent if n not in desired]
+    removed += [n for n in sub.unsettled if n not in desired]
     available = snapshot.of(type_url)
     # Names asked for that do not exist: say so once, so the client stops waiting.
     removed += [
-        n for n in sub.names
+        n
+        for n in sub.names
         if n not in available and n not in sub.sent and n not in sub.told_missing
     ]
     if changed or removed or not sub.responded:
@@ -138,7 +145,6 @@ def _renewed(type_url: str, changed: Mapping[str, Resource], sub: Subscription) 
     if type_url != CLUSTER:
         return ()
     return tuple(n for n in changed if n in sub.sent)
-
 
 
 def after_send(out: Outgoing, subs: Subscriptions) -> None:

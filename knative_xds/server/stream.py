@@ -107,7 +107,7 @@ class Stream:
         if sub is None:
             sub = self.subs[type_url] = Subscription(type_url)
         if request.response_nonce:
-            self._answer(sub, request.response_nonce, request.version_info, request)
+            self._answer(sub, request.response_nonce, request)
         if decision is Decision.INITIAL and sub.responded:
             # A repeated first request: the client may have lost its state; resend all.
             sub.sent.clear()
@@ -125,13 +125,13 @@ class Stream:
             if snapshot is not None and request.initial_resource_versions:
                 sub.seed_known(request.initial_resource_versions, snapshot.of(type_url))
         if request.response_nonce:
-            self._answer(sub, request.response_nonce, sub.acked_version, request)
+            self._answer(sub, request.response_nonce, request)
         sub.update_names(request.resource_names_subscribe, request.resource_names_unsubscribe)
         self._log(decision, type_url, request.response_nonce, sub)
 
-    def _answer(self, sub: Subscription, nonce: str, version: str, request) -> None:
+    def _answer(self, sub: Subscription, nonce: str, request) -> None:
         error = request.error_detail.message if request.HasField("error_detail") else None
-        if sub.answer(nonce, version, error) is Decision.NACK and sub.last_nack is not None:
+        if sub.answer(nonce, error) is Decision.NACK and sub.last_nack is not None:
             # The rejected version is not resent: `sent` still holds it, so plan sees
             # nothing new until the snapshot changes.
             log.warning(
@@ -170,7 +170,11 @@ class Stream:
                     continue
                 nonce = str(next(self._nonces))
                 self.subs[type_url].record_sent(
-                    nonce, out.resources, full_state=out.full_state, removed=out.removed
+                    nonce,
+                    out.resources,
+                    version=out.version,
+                    full_state=out.full_state,
+                    removed=out.removed,
                 )
                 after_send(out, self.subs)
                 await send(self._encode(out, nonce, snapshot))

@@ -37,9 +37,19 @@ class Decision(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Nack:
     nonce: str
-    version: str
+    version: str  # the version the client keeps running (its last accepted one)
     message: str
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """One response sent and not yet answered."""
+
+    version: str
+    full_state: bool
+    resources: dict[str, Resource]
+    removed: frozenset[str]
 
 
 @dataclass(slots=True)
@@ -53,16 +63,18 @@ class Subscription:
     sent: dict[str, Resource] = field(default_factory=dict)
     # What the client accepted (applied), per name.
     acked: dict[str, Resource] = field(default_factory=dict)
-    # Responses sent and not yet answered: nonce -> (full-state?, resources, removed names).
-    inflight: dict[str, tuple[bool, dict[str, Resource], frozenset[str]]] = field(
-        default_factory=dict
-    )
+    # Responses sent and not yet answered, by nonce.
+    inflight: dict[str, InFlight] = field(default_factory=dict)
     responded: bool = False
     last_nonce: str | None = None
     acked_version: str = ""
     last_nack: Nack | None = None
     # Delta: subscribed names we told the client do not exist (sent once in removed_resources).
     told_missing: set[str] = field(default_factory=set)
+    # Delta: names the client may hold whose fate the next response must settle: sent
+    # again if the client still gets them, else listed removed. Unsubscribing a name the
+    # wildcard still covers, and holding a name on reconnect that is gone, put them here.
+    unsettled: set[str] = field(default_factory=set)
 
     # -- what the client wants --------------------------------------------------------
 
@@ -102,11 +114,15 @@ class Subscription:
             self.wildcard = False
         sub.discard(WILDCARD)
         unsub.discard(WILDCARD)
+        if self.wildcard:
+            # Still covered by the wildcard, but the client cannot tell: the protocol has
+            # the server send it again (or list it removed) so the client knows to keep it.
+            self.unsettled |= unsub & self.names & self.sent.keys()
+        else:
+            self._forget(unsub)
         self.names |= sub
         self.names -= unsub
         self.told_missing -= sub
-        # A name still covered by the wildcard stays known: the client keeps it.
-        self._forget(n for n in unsub if not self.wildcard)
 
     def _forget(self, names: Iterable[str]) -> None:
         for n in names:
@@ -115,10 +131,15 @@ class Subscription:
             self.told_missing.discard(n)
 
     def seed_known(self, versions: Mapping[str, str], available: Mapping[str, Resource]) -> None:
-        """Delta reconnect: the client already holds these versions; skip what matches."""
+        """Delta reconnect: the client already holds these versions; skip what matches.
+
+        What it holds that no longer exists must be listed removed, or it keeps it forever.
+        """
         for name, version in versions.items():
             current = available.get(name)
-            if current is not None and current.version == version:
+            if current is None:
+                self.unsettled.add(name)
+            elif current.version == version:
                 self.sent[name] = current
                 self.acked[name] = current
 
@@ -129,6 +150,7 @@ class Subscription:
         nonce: str,
         resources: Mapping[str, Resource],
         *,
+        version: str,
         full_state: bool,
         removed: Iterable[str] = (),
     ) -> None:
@@ -140,7 +162,9 @@ class Subscription:
             for n in removed:
                 self.sent.pop(n, None)
         self.told_missing |= {n for n in removed if n in self.names}
-        self.inflight[nonce] = (full_state, dict(resources), removed)
+        # The response was planned from this state, so it settled every unsettled name.
+        self.unsettled.clear()
+        self.inflight[nonce] = InFlight(version, full_state, dict(resources), removed)
         self.last_nonce = nonce
         self.responded = True
 
@@ -149,7 +173,7 @@ class Subscription:
         for n in names:
             self.sent.pop(n, None)
 
-    def answer(self, nonce: str, version: str, error: str | None) -> Decision | None:
+    def answer(self, nonce: str, error: str | None) -> Decision | None:
         """Apply an ACK or NACK of `nonce`; None if the nonce is not one we have in flight."""
         if nonce not in self.inflight:
             return None
@@ -158,26 +182,28 @@ class Subscription:
             self._accept(self.inflight.pop(older))
         answered = self.inflight.pop(nonce)
         if error is not None:
-            self.last_nack = Nack(nonce=nonce, version=version, message=error, at=time.time())
+            self.last_nack = Nack(
+                nonce=nonce, version=self.acked_version, message=error, at=time.time()
+            )
             return Decision.NACK
         self._accept(answered)
-        self.acked_version = version
         return Decision.ACK
 
-    def _accept(self, response: tuple[bool, dict[str, Resource], frozenset[str]]) -> None:
-        full_state, resources, removed = response
-        if full_state:
-            self.acked = dict(resources)
+    def _accept(self, response: InFlight) -> None:
+        # From what was sent, not from the request's version_info: Delta requests carry none.
+        self.acked_version = response.version
+        if response.full_state:
+            self.acked = dict(response.resources)
         else:
-            self.acked.update(resources)
-            for n in removed:
+            self.acked.update(response.resources)
+            for n in response.removed:
                 self.acked.pop(n, None)
 
     def held(self) -> list[Resource]:
         """Resources the client holds or may be applying: accepted plus in flight."""
         out = list(self.acked.values())
-        for _, resources, _ in self.inflight.values():
-            out.extend(resources.values())
+        for response in self.inflight.values():
+            out.extend(response.resources.values())
         return out
 
 
