@@ -67,7 +67,8 @@ class ControlPlane:
     def load(self, batch: FileBatch) -> Applied:
         self._set_problems(batch)
         applied = self.pipeline.apply(batch.changes)
-        self.loaded.set()
+        if self.cache.current() is not None:  # a refused first snapshot is not "loaded"
+            self.loaded.set()
         return applied
 
     def _set_problems(self, batch: FileBatch) -> None:

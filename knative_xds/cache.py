@@ -12,13 +12,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
 from typing import Protocol
 
-from .resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, Resource, short
+from .resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    PUSH_ORDER,
+    ROUTE,
+    SCOPED_ROUTE,
+    Resource,
+    short,
+)
 from .translate import Delta
 
 log = logging.getLogger(__name__)
@@ -63,6 +73,9 @@ class Snapshot:
         return body
 
 
+CHANGELOG = 256
+
+
 class ConfigCache(Protocol):
     """What the ADS server needs of a cache: the current snapshot and a way to hear of the next."""
 
@@ -70,6 +83,10 @@ class ConfigCache(Protocol):
 
     def watch(self, event: asyncio.Event) -> Callable[[], None]:
         """Set `event` on every publish until the returned cancel function is called."""
+        ...
+
+    def changed_since(self, type_url: str, counter: int) -> set[str] | None:
+        """Names changed after a type's `counter`, or None if that is too far back to tell."""
         ...
 
 
@@ -81,9 +98,28 @@ class SnapshotCache:
         self._counters: dict[str, int] = dict.fromkeys(PUSH_ORDER, 0)
         self._serial = 0
         self._watches: set[asyncio.Event] = set()
+        # Per type, the names each recent counter changed: lets a stream that planned at
+        # counter N look at only what changed since, instead of every name it has.
+        self._log: dict[str, deque[tuple[int, frozenset[str]]]] = {
+            t: deque(maxlen=CHANGELOG) for t in PUSH_ORDER
+        }
 
     def current(self) -> Snapshot | None:
         return self._snapshot
+
+    def changed_since(self, type_url: str, counter: int) -> set[str] | None:
+        """Names of a type changed after `counter`; None when the log no longer reaches back."""
+        now = self._counters.get(type_url, 0)
+        if counter >= now:
+            return set()
+        log = self._log.get(type_url)
+        if not log or log[0][0] > counter + 1:
+            return None
+        out: set[str] = set()
+        for at, names in log:
+            if at > counter:
+                out |= names
+        return out
 
     def watch(self, event: asyncio.Event) -> Callable[[], None]:
         self._watches.add(event)
@@ -123,8 +159,11 @@ class SnapshotCache:
         merged = {**self._resources, **staged}
         check_consistency(merged, changed)
         self._resources = merged
-        for type_url in changed:
+        for type_url, names in changed.items():
             self._counters[type_url] = self._counters.get(type_url, 0) + 1
+            self._log.setdefault(type_url, deque(maxlen=CHANGELOG)).append(
+                (self._counters[type_url], names)
+            )
         self._serial += 1
         self._snapshot = Snapshot(
             serial=self._serial,
@@ -147,29 +186,35 @@ def _differs(old: Resource | None, new: Resource) -> bool:
     return old is None or old.version != new.version
 
 
+# What each type names by reference: a dangling one would leave a route without a target.
+_REFERS_TO = {LISTENER: ROUTE, SCOPED_ROUTE: ROUTE, ROUTE: CLUSTER}
+
+
 def check_consistency(
     resources: Mapping[str, Mapping[str, Resource]], changed: Mapping[str, frozenset[str]]
 ) -> None:
-    """Every listener's route table, every route's cluster and every cluster's endpoints exist.
+    """Every scope's route table, every route's cluster and every cluster's endpoints exist.
 
-    Only what changed is checked (plus the few route tables and listeners),
-    which keeps the check O(change).
+    Changed resources are checked against what they name; the full scan for
+    something still naming a removed resource runs only when one was removed.
     """
-    listeners, routes = resources.get(LISTENER, {}), resources.get(ROUTE, {})
-    clusters, endpoints = resources.get(CLUSTER, {}), resources.get(ENDPOINT, {})
-    for listener in listeners.values():
-        missing = listener.refs - routes.keys()
-        if missing:
-            raise InconsistentSnapshot(
-                f"listener {listener.name} needs route tables {sorted(missing)}"
-            )
-    for table in routes.values():
-        if table.name in changed.get(ROUTE, ()) or changed.get(CLUSTER):
-            missing = table.refs - clusters.keys()
-            if missing:
+    for source_type, target_type in _REFERS_TO.items():
+        sources, targets = resources.get(source_type, {}), resources.get(target_type, {})
+        for name in changed.get(source_type, ()):
+            source = sources.get(name)
+            # Membership per ref: `refs - targets.keys()` would copy every key, each time.
+            if source is not None and (missing := [r for r in source.refs if r not in targets]):
                 raise InconsistentSnapshot(
-                    f"route table {table.name} needs clusters {sorted(missing)[:5]}"
+                    f"{short(source_type)} {name} needs {sorted(missing)[:5]}"
                 )
+        removed = {n for n in changed.get(target_type, ()) if n not in targets}
+        if removed:
+            for source in sources.values():
+                if dangling := source.refs & removed:
+                    raise InconsistentSnapshot(
+                        f"{short(source_type)} {source.name} still needs {sorted(dangling)[:5]}"
+                    )
+    clusters, endpoints = resources.get(CLUSTER, {}), resources.get(ENDPOINT, {})
     for name in changed.get(CLUSTER, frozenset()) | changed.get(ENDPOINT, frozenset()):
         if (name in clusters) != (name in endpoints):
             raise InconsistentSnapshot(

@@ -249,20 +249,40 @@ async def _serve(args: argparse.Namespace) -> int:
     from .health import serve_health
 
     plane = ControlPlane(_settings(args))
-    if args.kubernetes:
-        log.error("--kubernetes is not available in this build; use --config PATH")
-        return EXIT_CANNOT_RUN
+    # Health first: /healthz answers while the first lists load, /ready once they have.
     health = None
     if args.health_port is not None:
         health = await serve_health(plane, "0.0.0.0", args.health_port)
-    source, _ = load_files(plane, args.config)
-    await plane.start_xds(f"{args.xds_address}:{args.xds_port}")
     try:
+        if args.kubernetes:
+            return await _serve_kubernetes(plane, args)
+        source, _ = load_files(plane, args.config)
+        await plane.start_xds(f"{args.xds_address}:{args.xds_port}")
         await plane.follow(source)
     finally:
         await plane.stop()
         if health is not None:
             health.close()
+    return 0
+
+
+async def _serve_kubernetes(plane, args: argparse.Namespace) -> int:
+    try:
+        from .sources.kube import ClusterConfigError, KubeSource, connect
+    except ImportError:
+        log.error("--kubernetes needs the Kubernetes client: pip install 'knative-xds[kubernetes]'")
+        return EXIT_CANNOT_RUN
+    try:
+        async with connect() as api:  # in-cluster config, else $KUBECONFIG or ~/.kube/config
+            source = KubeSource(api, follow_public_endpoints=plane.settings.follow_public_endpoints)
+            # Streams get UNAVAILABLE until every list has completed and the state is loaded.
+            await plane.start_xds(f"{args.xds_address}:{args.xds_port}")
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(plane.pipeline.run())
+                tasks.create_task(source.run(plane.pipeline, plane.loaded))
+    except ClusterConfigError as e:
+        log.error("%s", e)
+        return EXIT_CANNOT_RUN
     return 0
 
 

@@ -58,7 +58,13 @@ def bootstrap(
                     "typed_extension_protocol_options": {
                         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
+                            # Pings find a control plane that died without closing the
+                            # stream (a lost node), so Envoy reconnects to another replica.
+                            "explicit_http_config": {
+                                "http2_protocol_options": {
+                                    "connection_keepalive": {"interval": "15s", "timeout": "5s"}
+                                }
+                            },
                         }
                     },
                     "load_assignment": {

@@ -11,27 +11,28 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cached_property
 
-from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 _PREFIX = "type.googleapis.com/"
 LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
+SCOPED_ROUTE = _PREFIX + "envoy.config.route.v3.ScopedRouteConfiguration"
 CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 
 # Make-before-break: a cluster exists (and has endpoints) before a route uses it.
 # Removals go the other way, which the server achieves by keeping a removed
 # cluster until no route the client holds still refers to it.
-PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+# Scopes come before the route tables they name: Envoy asks for a table once it
+# sees the scope, and the table then waits for its clusters (server/plan.py).
+PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, SCOPED_ROUTE, ROUTE)
 
-# LDS and CDS are wildcard, full-state types: a SotW response carries all of them.
-FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER})
+# LDS, CDS and SRDS are wildcard, full-state types: a SotW response carries all of them.
+FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER, SCOPED_ROUTE})
 
-SHORT_NAMES = {LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS"}
+SHORT_NAMES = {LISTENER: "LDS", ROUTE: "RDS", SCOPED_ROUTE: "SRDS", CLUSTER: "CDS", ENDPOINT: "EDS"}
 
 
 def short(type_url: str) -> str:
@@ -42,9 +43,34 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=12).hexdigest()
 
 
-@dataclass(frozen=True, eq=False)
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, data: bytes) -> bytes:
+    """One length-delimited protobuf field (wire type 2): tag, length, bytes."""
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+# Field numbers in envoy.service.discovery.v3 and google.protobuf.Any.
+_ANY_TYPE_URL, _ANY_VALUE = 1, 2
+_RESPONSE_RESOURCES = 2  # DiscoveryResponse.resources and DeltaDiscoveryResponse.resources
+_RESOURCE_VERSION, _RESOURCE_ANY, _RESOURCE_NAME = 1, 2, 3  # discovery.v3.Resource
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Resource:
     """One named resource of one type, immutable once built.
+
+    It keeps its bytes once, already framed as a `resources` entry of a SotW
+    DiscoveryResponse: serialized messages concatenate into a merged message
+    (repeated fields append), so a response is these entries joined after a
+    small header, and no stream ever re-serializes a resource.
 
     `version` is a hash of the content, so equal content has equal versions
     across restarts and across server instances. `refs` names the resources of
@@ -54,38 +80,52 @@ class Resource:
 
     type_url: str
     name: str
-    body: bytes
     version: str
-    refs: frozenset[str] = field(default=frozenset())
+    refs: frozenset[str]
+    sotw_entry: bytes
+    _delta: list[bytes] = field(default_factory=list, repr=False)
 
     @classmethod
     def of(cls, message: Message, *, name: str, refs: Iterable[str] = ()) -> Resource:
         body = message.SerializeToString(deterministic=True)
+        type_url = _PREFIX + message.DESCRIPTOR.full_name
+        packed = _field(_ANY_TYPE_URL, type_url.encode()) + _field(_ANY_VALUE, body)
         return cls(
-            type_url=_PREFIX + message.DESCRIPTOR.full_name,
+            type_url=type_url,
             name=name,
-            body=body,
             version=content_hash(body),
             refs=frozenset(refs),
+            sotw_entry=_field(_RESPONSE_RESOURCES, packed),
         )
 
-    @cached_property
-    def sotw_entry(self) -> bytes:
-        """This resource as one `resources` entry of a serialized DiscoveryResponse.
+    def _packed(self) -> bytes:
+        """The serialized Any inside the entry (the entry's own tag and length stripped)."""
+        view = memoryview(self.sotw_entry)
+        i = 1
+        while view[i] & 0x80:
+            i += 1
+        return bytes(view[i + 1 :])
 
-        Serialized messages concatenate into a merged message (repeated fields
-        append), so a response is these entries joined plus a small header.
-        """
-        packed = any_pb2.Any(type_url=self.type_url, value=self.body)
-        return discovery_pb2.DiscoveryResponse(resources=[packed]).SerializeToString()
-
-    @cached_property
+    @property
     def delta_entry(self) -> bytes:
-        """This resource as one `resources` entry of a serialized DeltaDiscoveryResponse."""
-        packed = any_pb2.Any(type_url=self.type_url, value=self.body)
-        wrapped = discovery_pb2.Resource(name=self.name, version=self.version, resource=packed)
-        return discovery_pb2.DeltaDiscoveryResponse(resources=[wrapped]).SerializeToString()
+        """This resource as one `resources` entry of a serialized DeltaDiscoveryResponse.
+
+        Built on first use (only Delta streams need it) and kept.
+        """
+        if not self._delta:
+            wrapped = (
+                _field(_RESOURCE_VERSION, self.version.encode())
+                + _field(_RESOURCE_ANY, self._packed())
+                + _field(_RESOURCE_NAME, self.name.encode())
+            )
+            self._delta.append(_field(_RESPONSE_RESOURCES, wrapped))
+        return self._delta[0]
+
+    @property
+    def body(self) -> bytes:
+        """The serialized resource itself (for tests and debug views, not the push path)."""
+        return any_pb2.Any.FromString(self._packed()).value
 
     def message(self, cls: type[Message]) -> Message:
-        """Decode the body (for tests and debug views; never on the push path)."""
+        """Decode the resource (for tests and debug views; never on the push path)."""
         return cls.FromString(self.body)

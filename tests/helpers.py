@@ -1,20 +1,24 @@
-"""Small helpers shared by the unit tests: synth dicts → resolver input, proto asserts."""
+"""Helpers shared by the unit tests: synth dicts → resolver input, resolver + translator."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from google.protobuf import text_format
+from envoy.config.core.v3 import config_source_pb2
+from google.protobuf import any_pb2, text_format
 from google.protobuf.message import Message
 
-from knative_xds.model import ObjectKey, RawObject, Resolver, Update
+from knative_xds import synth
+from knative_xds.model import ActivatorMode, ObjectKey, RawObject, Resolver, Update
 from knative_xds.model.resolve import Ident
 from knative_xds.resources import Resource
-from knative_xds.translate import Delta
+from knative_xds.translate import Delta, GatewayConfig, Translator
 
 Changes = dict[Ident, RawObject | None]
+M = TypeVar("M", bound=Message)
 
 
 def key_of(obj: Mapping[str, Any]) -> ObjectKey:
@@ -94,3 +98,74 @@ def assert_proto_equal(got: Message, want: Message) -> None:
             f"{type(got).__name__} differs\n--- got ---\n{text_format.MessageToString(got)}"
             f"--- want ---\n{text_format.MessageToString(want)}"
         )
+
+
+# -- the resolver and translator together ------------------------------------------------------
+
+Resources = dict[str, dict[str, Resource]]
+
+
+@dataclass
+class Gateway:
+    """A Resolver and a Translator fed together, with the resources a cache would hold."""
+
+    mode: ActivatorMode = ActivatorMode.AT_ZERO
+    resolver: Resolver = field(init=False)
+    translator: Translator = field(init=False)
+    resources: Resources = field(default_factory=dict)
+    # What the last Delta removed, per type (the touched names `apply` returns include them).
+    removed: dict[str, set[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.resolver = Resolver(activator_mode=self.mode)
+        self.translator = Translator(GatewayConfig())
+
+    def apply(self, *objs: Mapping[str, Any], delete: bool = False) -> dict[str, set[str]]:
+        """Apply objects (or delete them); return the names the Delta touched, per type."""
+        return self.change(deleted(*objs) if delete else changes(*objs))
+
+    def change(self, batch: Changes) -> dict[str, set[str]]:
+        update = self.resolver.apply(batch)
+        assert self.resolver.problems() == ()
+        delta = self.translator.translate(update)
+        apply_delta(self.resources, delta)
+        self.removed = {}
+        for type_url, named in delta.changes.items():
+            if gone := {n for n, r in named.items() if r is None}:
+                self.removed[type_url] = gone
+        return {t: set(named) for t, named in delta.changes.items()}
+
+    def get(self, type_url: str, name: str, cls: type[M]) -> M:
+        return self.resources[type_url][name].message(cls)  # type: ignore[return-value]
+
+    def names(self, type_url: str) -> set[str]:
+        return set(self.resources.get(type_url, {}))
+
+
+def translated(*objs: Mapping[str, Any], mode: ActivatorMode = ActivatorMode.AT_ZERO) -> Gateway:
+    gateway = Gateway(mode)
+    gateway.apply(*objs)
+    return gateway
+
+
+def as_bytes(resources: Resources) -> dict[str, dict[str, bytes]]:
+    return {t: {n: r.body for n, r in named.items()} for t, named in resources.items()}
+
+
+def ads() -> config_source_pb2.ConfigSource:
+    """The config source every xDS reference uses: the same ADS stream, API v3."""
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(),
+        resource_api_version=config_source_pb2.ApiVersion.V3,
+    )
+
+
+def packed(message: Message) -> any_pb2.Any:
+    out = any_pb2.Any()
+    out.Pack(message)
+    return out
+
+
+def world() -> list[dict[str, Any]]:
+    """Two ready revisions for Routes to send traffic to."""
+    return [synth.revision("hello-1", ready=True), synth.revision("hello-2", ready=True)]

@@ -25,6 +25,7 @@ from .objects import (
     RawObject,
     RevisionSpec,
     RouteSpec,
+    fingerprint,
     is_activator_slice,
     parse_configuration,
     parse_endpoint_slice,
@@ -87,7 +88,11 @@ class Resolver:
     ) -> None:
         self._mode = activator_mode
         self._follow_public = follow_public_endpoints
-        self._raw: dict[Ident, RawObject] = {}
+        # Per object: where it came from and a fingerprint of its content. Bodies are
+        # not kept (at 10,000 revisions they would be the largest thing in memory),
+        # except the ConfigMaps, which are re-read whole.
+        self._seen: dict[Ident, tuple[str, bytes]] = {}
+        self._config_maps: dict[Ident, RawObject] = {}
         self._specs: dict[Ident, object] = {}
         self._parse_problems: dict[Ident, Problem] = {}
         self._route_problems: dict[ObjectKey, Problem] = {}
@@ -132,7 +137,7 @@ class Resolver:
                 network_dirty |= key.name in NETWORK_CONFIG_MAPS
         if network_dirty:
             self._network = self._read_network()
-            dirty_routes |= {k for (kind, k) in self._raw if kind == ROUTE} | set(self._routes)
+            dirty_routes |= {k for (kind, k) in self._seen if kind == ROUTE} | set(self._routes)
         changed_routes = self._resolve_routes(dirty_routes)
         changed_pods = self._refresh_pods(dirty_revisions)
         if activator_dirty:
@@ -159,19 +164,21 @@ class Resolver:
 
     def _store(self, ident: Ident, raw: RawObject | None) -> bool:
         """Record one object; False when nothing about it changed."""
-        previous = self._raw.get(ident)
+        previous = self._seen.get(ident)
         if raw is None:
             if previous is None:
                 return False
-            del self._raw[ident]
+            del self._seen[ident]
+            self._config_maps.pop(ident, None)
             self._specs.pop(ident, None)
             self._parse_problems.pop(ident, None)
             return True
-        if previous is not None and previous.body == raw.body:
-            if previous.origin != raw.origin:
-                self._raw[ident] = raw
+        digest = fingerprint(raw.body)
+        self._seen[ident] = (raw.origin, digest)
+        if previous is not None and previous[1] == digest:
             return False
-        self._raw[ident] = raw
+        if ident[0] == CONFIG_MAP:
+            self._config_maps[ident] = raw
         parser = _PARSERS.get(ident[0])
         if parser is None:  # ConfigMaps are read as a whole in _read_network
             return True
@@ -193,7 +200,7 @@ class Resolver:
         )
         for name, read in readers:
             ident = (CONFIG_MAP, ObjectKey(KNATIVE_NAMESPACE, name))
-            raw = self._raw.get(ident)
+            raw = self._config_maps.get(ident)
             if raw is None:
                 continue
             try:
@@ -241,7 +248,7 @@ class Resolver:
             self._drop_route(key)
             return
         assert isinstance(spec, RouteSpec)
-        origin = self._raw[ident].origin if ident in self._raw else ""
+        origin = self._seen[ident][0] if ident in self._seen else ""
         deps: set[Ident] = set()
         try:
             route = self._build_route(spec, deps)

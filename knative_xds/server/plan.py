@@ -11,12 +11,17 @@ The cross-type rules that make updates hitless live here, in one place:
   applying still names it. When the client accepts tables without it, it goes.
 - After a cluster is sent anew, its endpoints are sent again: Envoy re-warms a
   changed cluster but does not ask for its endpoints again.
+
+Planning costs what changed: given `only`, the names that may have changed for
+this client (from the cache's changelog, plus names held back or retained
+last time), just those are evaluated. Without it, every name is. A SotW
+full-state type still sends its whole set when any of its names changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from ..cache import Snapshot
 from ..resources import CLUSTER, ENDPOINT, FULL_STATE_TYPES, ROUTE, Resource
@@ -31,7 +36,7 @@ class Outgoing:
     version: str
     resources: dict[str, Resource]
     removed: tuple[str, ...] = ()
-    # SotW LDS/CDS: `resources` is the client's whole set, not just what changed.
+    # SotW LDS/CDS/SRDS: `resources` is the client's whole set, not just what changed.
     full_state: bool = False
     # True when `resources` is exactly the snapshot's set, so its shared body can be sent.
     whole_snapshot: bool = False
@@ -39,36 +44,47 @@ class Outgoing:
     renewed: tuple[str, ...] = ()
 
 
-def _retained_clusters(snapshot: Snapshot, subs: Subscriptions) -> dict[str, Resource]:
-    cds, rds = subs.get(CLUSTER), subs.get(ROUTE)
-    if cds is None or rds is None:
-        return {}
-    current = snapshot.of(CLUSTER)
-    gone = [n for n in cds.sent if n not in current]
-    if not gone:
-        return {}
-    needed = frozenset().union(*(t.refs for t in rds.held()))
-    return {n: cds.sent[n] for n in gone if n in needed and cds.covers(n)}
+@dataclass(slots=True)
+class _Context:
+    """One planning pass: the snapshot, the subscriptions, and what it found waiting."""
+
+    snapshot: Snapshot
+    subs: Subscriptions
+    waiting: set[str] = field(default_factory=set)
+    _needed: frozenset[str] | None = None
+
+    def needed_clusters(self) -> frozenset[str]:
+        """Clusters named by a route table the client holds or is applying (computed once)."""
+        if self._needed is None:
+            rds = self.subs.get(ROUTE)
+            held = rds.held() if rds is not None else []
+            self._needed = frozenset().union(*(t.refs for t in held))
+        return self._needed
+
+    def retained(self, cluster: str) -> Resource | None:
+        """A cluster gone from the snapshot that this client must keep for now, else None."""
+        cds = self.subs.get(CLUSTER)
+        if cds is None or self.subs.get(ROUTE) is None:
+            return None
+        kept = cds.sent.get(cluster)
+        if kept is None or cluster in self.snapshot.of(CLUSTER) or not cds.covers(cluster):
+            return None
+        return kept if cluster in self.needed_clusters() else None
 
 
-def _desired(type_url: str, snapshot: Snapshot, subs: Subscriptions) -> dict[str, Resource]:
-    sub = subs[type_url]
-    wanted = sub.wants(snapshot.of(type_url))
-    if type_url == CLUSTER:
-        wanted.update(_retained_clusters(snapshot, subs))
-    elif type_url == ENDPOINT:
-        for name in _retained_clusters(snapshot, subs):
-            kept = sub.sent.get(name)
-            if kept is not None and name not in wanted:
-                wanted[name] = kept
-    elif type_url == ROUTE:
-        for name, table in list(wanted.items()):
-            before = sub.sent.get(name)
-            if before is not None and before.version != table.version and not _ready(table, subs):
-                wanted[name] = before  # hold back until the clusters it names are in place
-            elif before is None and not _ready(table, subs):
-                del wanted[name]
-    return wanted
+def _evaluate(type_url: str, name: str, ctx: _Context) -> Resource | None:
+    """The resource this client should hold under `name` now; None means none."""
+    sub = ctx.subs[type_url]
+    current = ctx.snapshot.of(type_url).get(name) if sub.covers(name) else None
+    if current is None and type_url in (CLUSTER, ENDPOINT) and ctx.retained(name) is not None:
+        ctx.waiting.add(name)
+        return sub.sent.get(name)
+    if type_url == ROUTE and current is not None and not _ready(current, ctx.subs):
+        before = sub.sent.get(name)
+        if before is None or before.version != current.version:
+            ctx.waiting.add(name)  # hold back until the clusters it names are in place
+            return before
+    return current
 
 
 def _ready(table: Resource, subs: Subscriptions) -> bool:
@@ -88,21 +104,53 @@ def _ready(table: Resource, subs: Subscriptions) -> bool:
     return True
 
 
-def _changed(desired: Mapping[str, Resource], sent: Mapping[str, Resource]) -> dict[str, Resource]:
-    return {
-        n: r for n, r in desired.items() if (old := sent.get(n)) is None or old.version != r.version
-    }
+def _all_names(type_url: str, ctx: _Context) -> set[str]:
+    sub = ctx.subs[type_url]
+    names = set(ctx.snapshot.of(type_url)) if sub.wildcard else set(sub.names)
+    return names | sub.sent.keys() | sub.unsettled
 
 
-def plan_sotw(type_url: str, snapshot: Snapshot, subs: Subscriptions) -> Outgoing | None:
+def _desired(type_url: str, names: Iterable[str], ctx: _Context) -> dict[str, Resource]:
+    out = {}
+    for name in names:
+        resource = _evaluate(type_url, name, ctx)
+        if resource is not None:
+            out[name] = resource
+    return out
+
+
+def _differs(resource: Resource | None, before: Resource | None) -> bool:
+    if resource is None or before is None:
+        return resource is not before
+    return resource.version != before.version
+
+
+def _candidates(type_url: str, ctx: _Context, only: set[str] | None) -> set[str]:
+    sub = ctx.subs[type_url]
+    if only is None:
+        return _all_names(type_url, ctx)
+    return only | sub.recheck | sub.unsettled
+
+
+def plan_sotw(
+    type_url: str, snapshot: Snapshot, subs: Subscriptions, only: set[str] | None = None
+) -> Outgoing | None:
     sub = subs[type_url]
-    desired = _desired(type_url, snapshot, subs)
+    ctx = _Context(snapshot, subs)
+    candidates = _candidates(type_url, ctx, only)
     version = snapshot.version(type_url)
-    changed = _changed(desired, sub.sent)
     if type_url in FULL_STATE_TYPES:
-        if sub.responded and desired.keys() == sub.sent.keys() and not changed:
+        if only is not None and sub.responded:
+            if not any(_differs(_evaluate(type_url, n, ctx), sub.sent.get(n)) for n in candidates):
+                sub.recheck = _still(sub, candidates, ctx)
+                return None
+            ctx = _Context(snapshot, subs)  # something moved: the whole set goes out
+        desired = _desired(type_url, _all_names(type_url, ctx), ctx)
+        sub.recheck = ctx.waiting
+        changed = {n: r for n, r in desired.items() if _differs(r, sub.sent.get(n))}
+        if sub.responded and not changed and desired.keys() == sub.sent.keys():
             return None
-        whole = sub.wildcard and desired.keys() == snapshot.of(type_url).keys()
+        whole = sub.wildcard and not ctx.waiting and desired.keys() == snapshot.of(type_url).keys()
         return Outgoing(
             type_url,
             version,
@@ -111,34 +159,46 @@ def plan_sotw(type_url: str, snapshot: Snapshot, subs: Subscriptions) -> Outgoin
             whole_snapshot=whole,
             renewed=_renewed(type_url, changed, sub),
         )
+    desired = _desired(type_url, candidates, ctx)
+    sub.recheck = _still(sub, candidates, ctx)
+    changed = {n: r for n, r in desired.items() if _differs(r, sub.sent.get(n))}
     if changed or (not sub.responded and sub.wildcard):
         return Outgoing(type_url, version, changed)
     return None
 
 
-def plan_delta(type_url: str, snapshot: Snapshot, subs: Subscriptions) -> Outgoing | None:
+def plan_delta(
+    type_url: str, snapshot: Snapshot, subs: Subscriptions, only: set[str] | None = None
+) -> Outgoing | None:
     sub = subs[type_url]
-    desired = _desired(type_url, snapshot, subs)
-    changed = _changed(desired, sub.sent)
+    ctx = _Context(snapshot, subs)
+    candidates = _candidates(type_url, ctx, only)
+    desired = _desired(type_url, candidates, ctx)
+    sub.recheck = _still(sub, candidates, ctx)
+    changed = {n: r for n, r in desired.items() if _differs(r, sub.sent.get(n))}
     changed.update({n: desired[n] for n in sub.unsettled if n in desired})
-    removed = [n for n in sub.sent if n not in desired]
-    removed += [n for n in sub.unsettled if n not in desired]
+    removed = {n for n in candidates if n not in desired and (n in sub.sent or n in sub.unsettled)}
     available = snapshot.of(type_url)
     # Names asked for that do not exist: say so once, so the client stops waiting.
-    removed += [
+    removed |= {
         n
-        for n in sub.names
-        if n not in available and n not in sub.sent and n not in sub.told_missing
-    ]
+        for n in candidates
+        if n in sub.names and n not in available and n not in sub.sent and n not in sub.told_missing
+    }
     if changed or removed or not sub.responded:
         return Outgoing(
             type_url,
             snapshot.version(type_url),
             changed,
-            removed=tuple(sorted(set(removed))),
+            removed=tuple(sorted(removed)),
             renewed=_renewed(type_url, changed, sub),
         )
     return None
+
+
+def _still(sub: Subscription, candidates: set[str], ctx: _Context) -> set[str]:
+    """Names still waiting: those found waiting now, plus earlier ones not looked at."""
+    return (sub.recheck - candidates) | ctx.waiting
 
 
 def _renewed(type_url: str, changed: Mapping[str, Resource], sub: Subscription) -> tuple[str, ...]:

@@ -110,7 +110,7 @@ class Stream:
             self._answer(sub, request.response_nonce, request)
         if decision is Decision.INITIAL and sub.responded:
             # A repeated first request: the client may have lost its state; resend all.
-            sub.sent.clear()
+            sub.restart()
         if decision is not Decision.STALE:
             sub.set_names(request.resource_names)
         self._log(decision, type_url, request.response_nonce, sub)
@@ -159,11 +159,10 @@ class Stream:
             self._wake.clear()
             if self._closed:
                 return
-            snapshot = self._cache.current()
-            if snapshot is None:
-                continue
             for type_url in PUSH_ORDER:
-                if type_url not in self.subs:
+                # The latest snapshot for each type: a send may have let a newer one in.
+                snapshot = self._cache.current()
+                if snapshot is None or type_url not in self.subs:
                     continue
                 out = self._plan(type_url, snapshot)
                 if out is None:
@@ -180,9 +179,18 @@ class Stream:
                 await send(self._encode(out, nonce, snapshot))
 
     def _plan(self, type_url: str, snapshot: Snapshot) -> Outgoing | None:
-        if self._delta:
-            return plan_delta(type_url, snapshot, self.subs)
-        return plan_sotw(type_url, snapshot, self.subs)
+        """Plan one type, looking only at names that may have changed for this client."""
+        sub = self.subs[type_url]
+        only: set[str] | None = None
+        if sub.responded and sub.planned_at >= 0 and sub.planned_epoch == sub.names_epoch:
+            only = self._cache.changed_since(type_url, sub.planned_at)
+            if only is not None and not (only or sub.recheck or sub.unsettled):
+                return None
+        plan = plan_delta if self._delta else plan_sotw
+        out = plan(type_url, snapshot, self.subs, only)
+        sub.planned_at = snapshot.counters.get(type_url, 0)
+        sub.planned_epoch = sub.names_epoch
+        return out
 
     def _encode(self, out: Outgoing, nonce: str, snapshot: Snapshot) -> bytes:
         """Header fields, then the shared per-resource entries: bytes are never re-serialized."""

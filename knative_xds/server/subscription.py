@@ -75,14 +75,17 @@ class Subscription:
     # again if the client still gets them, else listed removed. Unsubscribing a name the
     # wildcard still covers, and holding a name on reconnect that is gone, put them here.
     unsettled: set[str] = field(default_factory=set)
+    # Names to evaluate on the next plan even if the snapshot did not change them:
+    # route tables held back, clusters kept for old routes, endpoints to resend.
+    recheck: set[str] = field(default_factory=set)
+    # Bumped when the wildcard starts or ends, or the client may have lost what it held:
+    # the next plan looks at every name. Names asked for one by one go to `recheck`.
+    names_epoch: int = 0
+    # The snapshot counter and names epoch of this type when it was last planned.
+    planned_at: int = -1
+    planned_epoch: int = -1
 
     # -- what the client wants --------------------------------------------------------
-
-    def wants(self, available: Mapping[str, Resource]) -> dict[str, Resource]:
-        """The subscribed resources that exist now."""
-        if self.wildcard:
-            return dict(available)
-        return {n: available[n] for n in self.names if n in available}
 
     def covers(self, name: str) -> bool:
         return self.wildcard or name in self.names
@@ -91,12 +94,15 @@ class Subscription:
         """SotW: the request's list replaces the subscription. Returns names dropped."""
         requested = set(names)
         if not requested and self.legacy_allowed:
-            self.wildcard = True
+            self._set_wildcard(True)
             return set()
         self.legacy_allowed = False
-        self.wildcard = WILDCARD in requested
+        wildcard = WILDCARD in requested
         requested.discard(WILDCARD)
         dropped = self.names - requested
+        # Only the names just asked for can need sending: the rest were planned already.
+        self.recheck |= requested - self.names
+        self._set_wildcard(wildcard)
         self.names = requested
         self._forget(dropped)
         return dropped
@@ -105,13 +111,13 @@ class Subscription:
         """Delta: the request adds and removes names; honoured whatever the nonce."""
         sub, unsub = set(subscribe), set(unsubscribe)
         if not self.responded and not sub and not unsub and self.legacy_allowed:
-            self.wildcard = True
+            self._set_wildcard(True)
         if sub or unsub:
             self.legacy_allowed = False
         if WILDCARD in sub:
-            self.wildcard = True
+            self._set_wildcard(True)
         if WILDCARD in unsub:
-            self.wildcard = False
+            self._set_wildcard(False)
         sub.discard(WILDCARD)
         unsub.discard(WILDCARD)
         if self.wildcard:
@@ -123,6 +129,23 @@ class Subscription:
         self.names |= sub
         self.names -= unsub
         self.told_missing -= sub
+        self.recheck |= sub  # to send, or to say once that it does not exist
+
+    def _set_wildcard(self, wildcard: bool) -> None:
+        """Starting or ending the wildcard changes which of every name the client gets,
+        so the next plan looks at all of them."""
+        if wildcard != self.wildcard:
+            self.wildcard = wildcard
+            self.names_epoch += 1
+
+    def restart(self) -> None:
+        """The client may hold nothing: send everything again.
+
+        Bumping the epoch makes the next plan look at every name; the changelog
+        alone would find nothing new, and nothing would be sent.
+        """
+        self.sent.clear()
+        self.names_epoch += 1
 
     def _forget(self, names: Iterable[str]) -> None:
         for n in names:
@@ -135,6 +158,7 @@ class Subscription:
 
         What it holds that no longer exists must be listed removed, or it keeps it forever.
         """
+        self.names_epoch += 1
         for name, version in versions.items():
             current = available.get(name)
             if current is None:
@@ -172,6 +196,7 @@ class Subscription:
         """Make these names be sent again (EDS after its cluster changed: Envoy won't ask)."""
         for n in names:
             self.sent.pop(n, None)
+            self.recheck.add(n)
 
     def answer(self, nonce: str, error: str | None) -> Decision | None:
         """Apply an ACK or NACK of `nonce`; None if the nonce is not one we have in flight."""

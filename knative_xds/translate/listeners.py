@@ -10,8 +10,10 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import any_pb2
 
+from ..model import Visibility
 from ..resources import Resource
 from .clusters import ads_config_source
+from .scopes import key_builder
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
@@ -23,18 +25,26 @@ def _pack(message) -> any_pb2.Any:
     return packed
 
 
-def connection_manager(route_table: str) -> hcm.HttpConnectionManager:
+def connection_manager(name: str, visibility: Visibility) -> hcm.HttpConnectionManager:
     return hcm.HttpConnectionManager(
-        stat_prefix=route_table,
+        stat_prefix=name,
         # AUTO accepts HTTP/1.1 and prior-knowledge HTTP/2, so gRPC clients work end to end.
         codec_type=hcm.HttpConnectionManager.AUTO,
-        rds=hcm.Rds(config_source=ads_config_source(), route_config_name=route_table),
+        # The Host header picks a scope, the scope names one Route's table (scopes.py).
+        scoped_routes=hcm.ScopedRoutes(
+            name=name,
+            scope_key_builder=key_builder(visibility),
+            rds_config_source=ads_config_source(),
+            scoped_rds=hcm.ScopedRds(scoped_rds_config_source=ads_config_source()),
+        ),
         http_filters=[hcm.HttpFilter(name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router()))],
         upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
     )
 
 
-def listener(*, name: str, address: str, port: int, route_table: str) -> listener_pb2.Listener:
+def listener(
+    *, name: str, address: str, port: int, visibility: Visibility
+) -> listener_pb2.Listener:
     return listener_pb2.Listener(
         name=name,
         address=address_pb2.Address(
@@ -44,7 +54,7 @@ def listener(*, name: str, address: str, port: int, route_table: str) -> listene
             listener_components_pb2.FilterChain(
                 filters=[
                     listener_components_pb2.Filter(
-                        name=HCM_FILTER, typed_config=_pack(connection_manager(route_table))
+                        name=HCM_FILTER, typed_config=_pack(connection_manager(name, visibility))
                     )
                 ]
             )
@@ -52,6 +62,6 @@ def listener(*, name: str, address: str, port: int, route_table: str) -> listene
     )
 
 
-def listener_resource(*, name: str, address: str, port: int, route_table: str) -> Resource:
-    msg = listener(name=name, address=address, port=port, route_table=route_table)
-    return Resource.of(msg, name=name, refs=(route_table,))
+def listener_resource(*, name: str, address: str, port: int, visibility: Visibility) -> Resource:
+    msg = listener(name=name, address=address, port=port, visibility=visibility)
+    return Resource.of(msg, name=name)

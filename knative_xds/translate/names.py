@@ -15,8 +15,13 @@ def cluster_name(revision: ObjectKey) -> str:
     return f"{revision.namespace}/{revision.name}"
 
 
-def route_table_name(visibility: Visibility) -> str:
-    return LISTENER_FOR[visibility]
+def route_table_name(visibility: Visibility, route: ObjectKey) -> str:
+    """`<listener>/<namespace>/<route>`: each Route has its own table on each listener."""
+    return f"{LISTENER_FOR[visibility]}/{route.namespace}/{route.name}"
+
+
+def scope_name(visibility: Visibility, host: str) -> str:
+    return f"{LISTENER_FOR[visibility]}/{host}"
 
 
 def virtual_host_name(route: ObjectKey, host: str) -> str:

@@ -1,14 +1,11 @@
-"""Route → virtual hosts; virtual hosts → one route table per listener.
+"""Route → its own route table on each listener, holding its virtual hosts.
 
-Each Route's virtual hosts are built and serialized on their own, then the route
-table is assembled by joining those bytes: a one-Route edit re-serializes only
-that Route's virtual hosts, never the whole table.
+A Route's hosts reach its table through scopes (`scopes.py`), so a one-Route
+edit rebuilds, sends and makes Envoy apply one small table, never the
+gateway's whole set of virtual hosts.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
-from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -17,7 +14,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from ..model import HostRule, ObjectKey, Route, Split, Visibility
-from ..resources import ROUTE, Resource, content_hash
+from ..resources import Resource
 from .names import cluster_name, route_table_name, virtual_host_name
 
 REVISION_HEADER = "Knative-Serving-Revision"
@@ -27,17 +24,6 @@ TAG_HEADER = "Knative-Serving-Tag"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 # Envoy's default route timeout (15 s) would cut long requests; Knative wants none.
 _NO_TIMEOUT = duration_pb2.Duration(seconds=0)
-
-
-@dataclass(frozen=True, slots=True)
-class VirtualHostPart:
-    """One serialized virtual host, ready to be joined into its listener's route table."""
-
-    visibility: Visibility
-    name: str
-    entry: bytes  # a RouteConfiguration holding only this virtual host, serialized
-    version: str
-    clusters: frozenset[str]
 
 
 def _set_header(name: str, value: str) -> base_pb2.HeaderValueOption:
@@ -111,32 +97,18 @@ def _rule_clusters(namespace: str, rule: HostRule) -> frozenset[str]:
     return frozenset(cluster_name(ObjectKey(namespace, r)) for r in revisions)
 
 
-def virtual_host_parts(route: Route) -> tuple[VirtualHostPart, ...]:
+def route_tables(route: Route) -> tuple[Resource, ...]:
+    """One RouteConfiguration per listener the Route has hosts on, named for the Route."""
     timeouts = {r.key.name: r.timeout_seconds for r in route.revisions}
-    parts = []
-    for rule in route.rules:
-        vhost = virtual_host(route.key, rule, timeouts)
-        entry = route_pb2.RouteConfiguration(virtual_hosts=[vhost]).SerializeToString(
-            deterministic=True
+    tables = []
+    for visibility in Visibility:
+        rules = [rule for rule in route.rules if rule.visibility is visibility]
+        if not rules:
+            continue
+        msg = route_pb2.RouteConfiguration(
+            name=route_table_name(visibility, route.key),
+            virtual_hosts=[virtual_host(route.key, rule, timeouts) for rule in rules],
         )
-        parts.append(
-            VirtualHostPart(
-                visibility=rule.visibility,
-                name=vhost.name,
-                entry=entry,
-                version=content_hash(entry),
-                clusters=_rule_clusters(route.key.namespace, rule),
-            )
-        )
-    return tuple(parts)
-
-
-def route_table(visibility: Visibility, parts: Iterable[VirtualHostPart]) -> Resource:
-    """One listener's RouteConfiguration, joined from already-serialized virtual hosts."""
-    name = route_table_name(visibility)
-    head = route_pb2.RouteConfiguration(name=name).SerializeToString(deterministic=True)
-    ordered = sorted(parts, key=lambda p: p.name)
-    body = head + b"".join(p.entry for p in ordered)
-    version = content_hash(head + "".join(p.version for p in ordered).encode())
-    clusters = frozenset().union(*(p.clusters for p in ordered))
-    return Resource(type_url=ROUTE, name=name, body=body, version=version, refs=clusters)
+        clusters = frozenset().union(*(_rule_clusters(route.key.namespace, r) for r in rules))
+        tables.append(Resource.of(msg, name=msg.name, refs=clusters))
+    return tuple(tables)

@@ -1,7 +1,7 @@
 """State → Envoy resources, re-translating only what an update touched.
 
-The translator remembers each Route's virtual hosts and each Revision's cluster
-and endpoints. An `Update` from the resolver says which Routes and which pod
+The translator remembers each Route's route tables and scopes and each
+Revision's cluster and endpoints. An `Update` from the resolver says which Routes and which pod
 sets changed; only those are rebuilt, and the result is a `Delta`: the names
 per type whose resource changed or went away.
 """
@@ -12,12 +12,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..model import ObjectKey, Revision, Route, Update, Visibility
-from ..resources import CLUSTER, ENDPOINT, Resource
+from ..resources import CLUSTER, ENDPOINT, SCOPED_ROUTE, Resource
 from .clusters import cluster_resource
 from .endpoints import choose_endpoints, endpoints_resource
 from .listeners import listener_resource
-from .names import LISTENER_FOR, cluster_name
-from .routes import VirtualHostPart, route_table, virtual_host_parts
+from .names import LISTENER_FOR, cluster_name, route_table_name, scope_name
+from .routes import route_tables
+from .scopes import scope_resource
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +54,15 @@ class Stats:
     clusters_built: int = 0
     endpoints_built: int = 0
     route_tables_built: int = 0
+    scopes_built: int = 0
 
 
 class Translator:
     def __init__(self, gateway: GatewayConfig) -> None:
         self._gateway = gateway
         self._routes: dict[ObjectKey, Route] = {}
-        self._parts: dict[Visibility, dict[str, VirtualHostPart]] = {v: {} for v in Visibility}
-        self._part_names: dict[ObjectKey, list[tuple[Visibility, str]]] = {}
+        # Per Route: its route tables and scopes, keyed (type URL, name).
+        self._route_resources: dict[ObjectKey, dict[tuple[str, str], Resource]] = {}
         self._revision_refs: dict[ObjectKey, Counter[Revision]] = {}
         self._clusters: dict[ObjectKey, tuple[Revision, Resource]] = {}
         self._endpoints: dict[ObjectKey, tuple[tuple, Resource]] = {}
@@ -70,20 +72,12 @@ class Translator:
     def translate(self, update: Update) -> Delta:
         delta = Delta()
         touched_revisions: set[ObjectKey] = set(update.changed_pods)
-        touched_tables: set[Visibility] = set()
         if not self._started:
-            # Listeners and both route tables exist from the first push, even when empty.
             self._started = True
             for resource in self._listeners():
                 delta.set(resource)
-            touched_tables = set(Visibility)
         for key in sorted(update.changed_routes):
-            touched_revisions |= self._apply_route(
-                key, update.state.routes.get(key), touched_tables
-            )
-        for visibility in sorted(touched_tables, key=lambda v: v.value):
-            delta.set(route_table(visibility, self._parts[visibility].values()))
-            self.stats.route_tables_built += 1
+            touched_revisions |= self._apply_route(key, update.state.routes.get(key), delta)
         if update.activator_changed:
             touched_revisions |= set(self._revision_refs)
         for rev in sorted(touched_revisions):
@@ -98,35 +92,56 @@ class Translator:
                 name=LISTENER_FOR[v],
                 address=g.listen_address,
                 port=ports[v],
-                route_table=LISTENER_FOR[v],
+                visibility=v,
             )
             for v in Visibility
         ]
 
-    def _apply_route(
-        self, key: ObjectKey, route: Route | None, tables: set[Visibility]
-    ) -> set[ObjectKey]:
-        """Swap one Route's virtual hosts; return the revisions whose references changed."""
+    def _apply_route(self, key: ObjectKey, route: Route | None, delta: Delta) -> set[ObjectKey]:
+        """Swap one Route's tables and scopes; return the revisions whose references changed."""
         old = self._routes.pop(key, None)
         if old is route:
             if route is not None:
                 self._routes[key] = route
             return set()
-        for visibility, name in self._part_names.pop(key, []):
-            self._parts[visibility].pop(name, None)
-            tables.add(visibility)
+        before = self._route_resources.pop(key, {})
+        after = self._build(route, before) if route is not None else {}
+        for ident in before.keys() - after.keys():
+            # A host's scope can pass to another Route in the same update; when that
+            # Route came first, the scope it set must stay.
+            if delta.changes.get(ident[0], {}).get(ident[1]) is None:
+                delta.remove(*ident)
+        for ident, resource in after.items():
+            held = before.get(ident)
+            if held is None or held.version != resource.version:
+                delta.set(resource)
         touched = self._unref(old) if old else set()
         if route is not None:
             self._routes[key] = route
-            self.stats.routes_translated += 1
-            names = []
-            for part in virtual_host_parts(route):
-                self._parts[part.visibility][part.name] = part
-                names.append((part.visibility, part.name))
-                tables.add(part.visibility)
-            self._part_names[key] = names
+            self._route_resources[key] = after
             touched |= self._ref(route)
         return touched
+
+    def _build(
+        self, route: Route, before: dict[tuple[str, str], Resource]
+    ) -> dict[tuple[str, str], Resource]:
+        self.stats.routes_translated += 1
+        out: dict[tuple[str, str], Resource] = {}
+        for table in route_tables(route):
+            out[(table.type_url, table.name)] = table
+            self.stats.route_tables_built += 1
+        for rule in route.rules:
+            table = route_table_name(rule.visibility, route.key)
+            for host in rule.hosts:
+                ident = (SCOPED_ROUTE, scope_name(rule.visibility, host))
+                kept = before.get(ident)
+                # A scope is its host and its table: a split edit leaves it as it was.
+                if kept is not None and kept.refs == {table}:
+                    out[ident] = kept
+                    continue
+                out[ident] = scope_resource(rule.visibility, host, table)
+                self.stats.scopes_built += 1
+        return out
 
     def _ref(self, route: Route) -> set[ObjectKey]:
         for revision in route.revisions:

@@ -21,12 +21,21 @@ from knative_xds.model import ObjectKey, RawObject
 from knative_xds.server.stream import Stream
 from knative_xds.translate import GatewayConfig
 
+from .envoy_like import Gateway
 from .xds_client import WAIT, DeltaClient, SotwClient, XdsClient
 
 
 def cluster(revision: str) -> str:
     """The cluster (and endpoint set) name of a revision in the default namespace."""
     return f"default/{revision}"
+
+
+def tables(route: str) -> list[str]:
+    """The route tables of a public Route in the default namespace: one per listener, sorted."""
+    return [f"external/default/{route}", f"internal/default/{route}"]
+
+
+HELLO_TABLES = tables("hello")
 
 
 # -- Knative objects through the real pipeline ------------------------------------------
@@ -215,3 +224,9 @@ async def bare_harness() -> AsyncIterator[Harness]:
 @pytest.fixture(params=["sotw", "delta"])
 def flavour(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture
+async def gateway(harness: Harness, flavour: str) -> Gateway:
+    """An Envoy-like client (envoy_like.py) on the harness, SotW or Delta."""
+    return Gateway(harness.delta() if flavour == "delta" else harness.sotw())

@@ -16,7 +16,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from knative_xds import synth
 from knative_xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
 
-from .conftest import Harness, base_objects, cluster, eventually, start_harness
+from .conftest import HELLO_TABLES, Harness, base_objects, cluster, eventually, start_harness
 from .xds_client import DeltaClient, SotwClient, names_in
 
 HELLO, OTHER = cluster("hello-1"), cluster("other-1")
@@ -198,7 +198,7 @@ async def test_opening_and_closing_500_streams_leaks_no_task_and_no_memory(
         ack = discovery_pb2.DiscoveryRequest(type_url=CLUSTER, response_nonce=clusters.nonce)
         await call.write(ack)
         await call.write(
-            discovery_pb2.DiscoveryRequest(type_url=ROUTE, resource_names=["external"])
+            discovery_pb2.DiscoveryRequest(type_url=ROUTE, resource_names=HELLO_TABLES[:1])
         )
         assert (await call.read()).type_url == ROUTE
         call.cancel()

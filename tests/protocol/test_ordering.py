@@ -1,97 +1,22 @@
 """Make before break across types, for SotW and Delta alike.
 
-The client here behaves as Envoy does with ADS: clusters by wildcard, then
-the endpoints of each cluster it receives by name (asked before it ACKs the
-clusters, as Envoy resumes its paused EDS requests before the CDS ACK), then
-listeners, then the route tables they name.
+The client here behaves as Envoy does with ADS (envoy_like.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
-
-import pytest
-
 from knative_xds import synth
-from knative_xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
+from knative_xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SCOPED_ROUTE
 
-from .conftest import Harness, cluster
-from .xds_client import DeltaClient, SotwClient, messages_in, names_in
+from .conftest import HELLO_TABLES, Harness, cluster
+from .envoy_like import Gateway, clusters_named, removed
+from .xds_client import DeltaClient, SotwClient, names_in
 
 HELLO, HELLO_2, OTHER = cluster("hello-1"), cluster("hello-2"), cluster("other-1")
-TABLES = ["external", "internal"]
 
 
-class Gateway:
-    """An Envoy-like ADS client over one raw stream, SotW or Delta."""
-
-    def __init__(self, client: SotwClient | DeltaClient) -> None:
-        self.client = client
-        self.endpoints: list[str] = []
-
-    async def subscribe_wildcard(self, type_url: str) -> None:
-        await self.client.request(type_url)
-
-    async def ask(self, type_url: str, names: Iterable[str]) -> None:
-        """Add names to what this type asks for (a delta, or SotW's whole list again)."""
-        new = [n for n in names if n not in self._asked(type_url)]
-        if isinstance(self.client, DeltaClient):
-            await self.client.request(type_url, new)
-        else:
-            last = self.client.last.get(type_url)
-            await self.client.request(
-                type_url, [*self._asked(type_url), *new], nonce=last.nonce if last else ""
-            )
-        self._asked(type_url).extend(new)
-
-    def _asked(self, type_url: str) -> list[str]:
-        if isinstance(self.client, SotwClient):
-            return self.client.names.setdefault(type_url, [])
-        return self.endpoints if type_url == ENDPOINT else []
-
-    async def ack(self, response: Any) -> None:
-        await self.client.ack(response)
-
-    async def recv(self, type_url: str | None = None) -> Any:
-        return await self.client.recv(type_url)
-
-    async def converge(self) -> None:
-        """Connect the way Envoy does and accept everything: clusters, endpoints, listeners, routes."""
-        await self.subscribe_wildcard(CLUSTER)
-        clusters = await self.recv(CLUSTER)
-        await self.ask(ENDPOINT, names_in(clusters))
-        await self.ack(clusters)
-        await self.ack(await self.recv(ENDPOINT))
-        await self.subscribe_wildcard(LISTENER)
-        await self.ack(await self.recv(LISTENER))
-        await self.ask(ROUTE, TABLES)
-        await self.ack(await self.recv(ROUTE))
-
-
-def removed(response: Any) -> list[str]:
-    return list(getattr(response, "removed_resources", ()))
-
-
-def clusters_named(tables: Any) -> set[str]:
-    """Every cluster the route tables in a response send traffic to."""
-    found = set()
-    for table in messages_in(tables).values():
-        for host in table.virtual_hosts:
-            for route in host.routes:
-                found.update(w.name for w in route.route.weighted_clusters.clusters)
-                if route.route.cluster:
-                    found.add(route.route.cluster)
-    return found
-
-
-@pytest.fixture
-async def gateway(harness: Harness, flavour: str) -> Gateway:
-    return Gateway(harness.delta() if flavour == "delta" else harness.sotw())
-
-
-def test_push_order_is_clusters_endpoints_listeners_routes() -> None:
-    assert PUSH_ORDER == (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+def test_push_order_is_clusters_endpoints_listeners_scopes_routes() -> None:
+    assert PUSH_ORDER == (CLUSTER, ENDPOINT, LISTENER, SCOPED_ROUTE, ROUTE)
 
 
 async def test_adding_a_revision_sends_clusters_then_endpoints_then_routes(
@@ -110,7 +35,7 @@ async def test_adding_a_revision_sends_clusters_then_endpoints_then_routes(
     assert names_in(endpoints) == [HELLO_2]
     await gateway.ack(endpoints)
     tables = await gateway.recv(ROUTE)
-    assert sorted(names_in(tables)) == TABLES
+    assert sorted(names_in(tables)) == HELLO_TABLES
     assert HELLO_2 in clusters_named(tables)
     order = [r.type_url for r in gateway.client.received[seen:]]
     assert order == [CLUSTER, ENDPOINT, ROUTE]
@@ -213,7 +138,8 @@ async def test_replacing_a_revision_adds_the_new_cluster_before_dropping_the_old
     await gateway.ack(clusters)
     await gateway.ack(await gateway.recv(ENDPOINT))
     tables = await gateway.recv(ROUTE)
-    assert clusters_named(tables) == {HELLO_2, OTHER}
+    assert sorted(names_in(tables)) == HELLO_TABLES
+    assert clusters_named(tables) == {HELLO_2}
     await gateway.ack(tables)
     clusters = await gateway.recv(CLUSTER)
     if isinstance(gateway.client, SotwClient):

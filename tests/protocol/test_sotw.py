@@ -9,10 +9,11 @@ from __future__ import annotations
 from knative_xds import synth
 from knative_xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
-from .conftest import Harness, cluster
+from .conftest import HELLO_TABLES, Harness, cluster, tables
 from .xds_client import messages_in, names_in
 
 HELLO, OTHER, LATER = cluster("hello-1"), cluster("other-1"), cluster("later-1")
+EXTERNAL_HELLO, INTERNAL_HELLO = HELLO_TABLES
 
 
 # -- what the first request gets ----------------------------------------------------------
@@ -69,11 +70,11 @@ async def test_one_clients_nack_does_not_hold_back_another(harness: Harness) -> 
 
 async def test_rds_request_by_name_gets_only_the_named_route_table(harness: Harness) -> None:
     client = harness.sotw()
-    await client.request(ROUTE, ["external"])
+    await client.request(ROUTE, [EXTERNAL_HELLO])
     response = await client.recv(ROUTE)
-    assert names_in(response) == ["external"]
+    assert names_in(response) == [EXTERNAL_HELLO]
     await client.ack(response)
-    await client.expect_nothing()  # "internal" exists but was not asked for
+    await client.expect_nothing()  # INTERNAL_HELLO exists but was not asked for
 
 
 async def test_eds_request_by_name_gets_only_the_named_endpoints(harness: Harness) -> None:
@@ -134,7 +135,7 @@ async def test_nacked_routes_keep_the_clusters_the_accepted_routes_use(
     client = harness.sotw()
     await client.request(CLUSTER)
     await client.ack(await client.recv(CLUSTER))
-    await client.request(ROUTE, ["external", "internal"])
+    await client.request(ROUTE, HELLO_TABLES)
     routes = await client.recv(ROUTE)
     await client.ack(routes)
 
@@ -307,18 +308,17 @@ async def test_eds_response_after_one_endpoint_set_changed_carries_only_that_one
     assert names_in(response) == [HELLO]
 
 
-async def test_rds_response_after_one_table_changed_carries_only_that_one(
+async def test_rds_response_after_one_route_changed_carries_only_its_tables(
     harness: Harness,
 ) -> None:
     client = harness.sotw()
-    await client.request(ROUTE, ["external", "internal"])
+    await client.request(ROUTE, [*HELLO_TABLES, *tables("other")])
     await client.ack(await client.recv(ROUTE))
 
-    # A cluster-local Route lives only in the internal table.
-    harness.world.apply(synth.route("private", [synth.target("hello-1", 100)], cluster_local=True))
+    harness.world.move_hello_to("hello-2")
 
     response = await client.recv(ROUTE)
-    assert names_in(response) == ["internal"]
+    assert sorted(names_in(response)) == HELLO_TABLES  # not other's, which did not change
 
 
 # -- node ----------------------------------------------------------------------------------

@@ -18,12 +18,12 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_pb2, scoped_route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
-from knative_xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from knative_xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE
 
 # How long a test waits for something that must happen, and for something that must not.
 WAIT = 5.0
@@ -32,6 +32,7 @@ QUIET = 0.3
 MESSAGES: dict[str, type[Message]] = {
     LISTENER: listener_pb2.Listener,
     ROUTE: route_pb2.RouteConfiguration,
+    SCOPED_ROUTE: scoped_route_pb2.ScopedRouteConfiguration,
     CLUSTER: cluster_pb2.Cluster,
     ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
 }
@@ -166,6 +167,11 @@ def names_in(response: Any) -> list[str]:
     return [
         resource_name(response.type_url, decode(response.type_url, a)) for a in response.resources
     ]
+
+
+def tables_named(scopes: Any) -> list[str]:
+    """The route tables the scopes in an SRDS response point at, sorted, each once."""
+    return sorted({m.route_configuration_name for m in messages_in(scopes).values()})  # type: ignore[attr-defined]
 
 
 def messages_in(response: Any) -> dict[str, Message]:

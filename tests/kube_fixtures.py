@@ -1,0 +1,218 @@
+"""For the Kubernetes source tests: Knative objects as the API server returns them, a sink
+that records what a source sends, and a source running against the fake API server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
+
+from kubernetes.aio.client import ApiClient, Configuration
+
+from knative_xds.model import ObjectKey, Problem, RawObject
+from knative_xds.model.resolve import Ident
+from knative_xds.sources.kube import HttpApi, KubeSource
+from knative_xds.sources.kube_watch import Backoff, WatchOptions
+from tests.fake_kube_api import FakeApiServer
+
+SERVING = "serving.knative.dev/v1"
+DISCOVERY = "discovery.k8s.io/v1"
+# Backoff shrunk to milliseconds, so that retries take no time in tests.
+FAST = WatchOptions(backoff=Backoff(first=0.02, cap=0.1), watch_seconds=30)
+DEADLINE = 2.0
+
+
+# -- objects -------------------------------------------------------------------------
+
+
+def a_route(name: str = "hello", *, revision: str = "hello-00001", ns: str = "default") -> dict:
+    traffic = [{"revisionName": revision, "percent": 100}]
+    return {
+        "apiVersion": SERVING,
+        "kind": "Route",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"traffic": traffic},
+    }
+
+
+def a_revision(name: str = "hello-00001", *, ready: bool = True, replicas: int = 1) -> dict:
+    return {
+        "apiVersion": SERVING,
+        "kind": "Revision",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "labels": {"serving.knative.dev/configuration": "hello"},
+        },
+        "spec": {
+            "containers": [{"image": "ghcr.io/example/hello", "ports": [{"containerPort": 8080}]}],
+            "timeoutSeconds": 300,
+        },
+        "status": {
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": str(ready),
+                    "lastTransitionTime": "2024-01-01T00:00:00Z",
+                }
+            ],
+            "actualReplicas": replicas,
+        },
+    }
+
+
+def a_slice(
+    revision: str = "hello-00001",
+    *,
+    address: str = "10.0.0.5",
+    ready: bool = True,
+    service_type: str = "Private",
+    suffix: str = "abcde",
+) -> dict:
+    labels = {
+        "serving.knative.dev/revision": revision,
+        "networking.internal.knative.dev/serviceType": service_type,
+        "kubernetes.io/service-name": f"{revision}-private",
+    }
+    endpoint = {
+        "addresses": [address],
+        "conditions": {"ready": ready},
+        "targetRef": {"kind": "Pod", "name": f"{revision}-pod"},
+    }
+    return {
+        "apiVersion": DISCOVERY,
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{revision}-{service_type.lower()}-{suffix}",
+            "namespace": "default",
+            "labels": labels,
+        },
+        "addressType": "IPv4",
+        "endpoints": [endpoint],
+        "ports": [{"name": "http", "port": 8012, "protocol": "TCP"}],
+    }
+
+
+def an_activator_slice(address: str = "10.1.0.1") -> dict:
+    return {
+        "apiVersion": DISCOVERY,
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "activator-service-xyz",
+            "namespace": "knative-serving",
+            "labels": {"kubernetes.io/service-name": "activator-service"},
+        },
+        "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
+        "ports": [{"name": "http", "port": 8012}, {"name": "http2", "port": 8013}],
+    }
+
+
+def a_config_map(name: str, data: Mapping[str, str]) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "knative-serving"},
+        "data": dict(data),
+    }
+
+
+def a_cluster(server: FakeApiServer) -> None:
+    """One served route, its revision and pods, the activator and Knative's ConfigMaps."""
+    for body in (a_route(), a_revision(), a_slice(), an_activator_slice()):
+        server.put(body)
+    server.put(a_config_map("config-domain", {"example.com": ""}))
+    server.put(a_config_map("config-network", {"tag-header-based-routing": "disabled"}))
+
+
+def route_key(name: str = "hello") -> Ident:
+    return ("Route", ObjectKey("default", name))
+
+
+# -- a recording sink -------------------------------------------------------------------------
+
+
+class RecordingSink:
+    """Records what a source hands over, in order; `until` waits for a condition on it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[Ident, RawObject | None]]] = []
+        self.problem_log: list[tuple[str, list[Problem]]] = []
+        self._wake = asyncio.Event()
+
+    def apply(self, changes: Mapping[Ident, RawObject | None]) -> None:
+        self.calls.append(("apply", dict(changes)))
+        self._poke()
+
+    def submit(self, changes: Mapping[Ident, RawObject | None]) -> None:
+        if changes:
+            self.calls.append(("submit", dict(changes)))
+        self._poke()
+
+    def set_source_problems(self, scope: str, problems: Iterable[Problem]) -> None:
+        self.problem_log.append((scope, list(problems)))
+        self._poke()
+
+    @property
+    def submitted(self) -> list[dict[Ident, RawObject | None]]:
+        return [changes for verb, changes in self.calls if verb == "submit"]
+
+    def state(self) -> dict[Ident, RawObject]:
+        state: dict[Ident, RawObject] = {}
+        for _, changes in self.calls:
+            for ident, raw in changes.items():
+                if raw is None:
+                    state.pop(ident, None)
+                else:
+                    state[ident] = raw
+        return state
+
+    async def until(self, check: Callable[[], Any]) -> None:
+        while not check():
+            wake = self._wake
+            await wake.wait()
+
+    def _poke(self) -> None:
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+
+# -- a source against the fake API server ---------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def running(source: KubeSource, sink: Any) -> AsyncIterator[asyncio.Event]:
+    ready = asyncio.Event()
+    task = asyncio.create_task(source.run(sink, ready))
+    try:
+        yield ready
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def a_source(server: FakeApiServer, **kwargs: Any) -> AsyncIterator[KubeSource]:
+    client = ApiClient(Configuration(host=server.url))
+    try:
+        yield KubeSource(HttpApi(client), options=kwargs.pop("options", FAST), **kwargs)
+    finally:
+        await client.close()
+
+
+@contextlib.asynccontextmanager
+async def watching(server: FakeApiServer, sink: Any, **kwargs: Any) -> AsyncIterator[asyncio.Event]:
+    """A source on `server` feeding `sink`, for at most DEADLINE seconds; yields `ready`."""
+    async with (
+        a_source(server, **kwargs) as source,
+        running(source, sink) as ready,
+        asyncio.timeout(DEADLINE),
+    ):
+        yield ready
+
+
+async def synced(server: FakeApiServer, ready: asyncio.Event) -> None:
+    """Until the first state is applied and every collection is being watched."""
+    await ready.wait()
+    await server.wait_for(lambda: len(server.requests("watch")) >= 7)

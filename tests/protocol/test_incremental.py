@@ -1,0 +1,106 @@
+"""Planning costs what changed: a one-Route edit takes the same few steps at any size.
+
+For each resource it considers sending a client, the planner evaluates one name
+(`plan._evaluate`). Counting those calls over a whole Envoy-like edit, with
+hundreds and then thousands of Routes loaded, shows the work follows the edit
+and not the size of the configuration. It counts work, not time, so a slow
+machine cannot make it flaky.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from knative_xds import synth
+from knative_xds.resources import CLUSTER, ENDPOINT, ROUTE, short
+from knative_xds.server import plan
+
+from .conftest import Harness, cluster, start_harness
+from .envoy_like import Gateway, removed
+from .xds_client import DeltaClient, names_in
+
+# Evaluations one edit may cost: the Route's two tables, a few clusters and endpoint sets,
+# each looked at again when an ACK may let it move. Far below the size of either load.
+FEW = 20
+
+
+def many_routes(count: int) -> list[dict]:
+    """`count` Routes, each on its own ready revision."""
+    objects = []
+    for i in range(count):
+        objects += [
+            synth.revision(f"r-{i}", ready=True),
+            synth.route(f"route-{i}", [synth.target(f"r-{i}", 100)]),
+        ]
+    return objects
+
+
+def count_evaluations(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """From now on, count the planner's evaluations per type."""
+    counts: Counter[str] = Counter()
+    evaluate = plan._evaluate
+
+    def counting(type_url: str, name: str, ctx: Any) -> Any:
+        counts[short(type_url)] += 1
+        return evaluate(type_url, name, ctx)
+
+    monkeypatch.setattr(plan, "_evaluate", counting)
+    return counts
+
+
+async def move_one_route(harness: Harness, gateway: Gateway) -> None:
+    """Move route-0 to a new revision and follow it through as Envoy does, until quiet."""
+    old, new = cluster("r-0"), cluster("r-0-b")
+    harness.world.apply(
+        synth.revision("r-0-b", ready=True), synth.route("route-0", [synth.target("r-0-b", 100)])
+    )
+    clusters = await gateway.recv(CLUSTER)
+    await gateway.ask(ENDPOINT, [new])
+    await gateway.ack(clusters)
+    await gateway.ack(await gateway.recv(ENDPOINT))
+    tables = await gateway.recv(ROUTE)
+    assert sorted(names_in(tables)) == ["external/default/route-0", "internal/default/route-0"]
+    await gateway.ack(tables)
+    clusters = await gateway.recv(CLUSTER)  # the old cluster goes once no accepted table names it
+    if isinstance(gateway.client, DeltaClient):
+        assert removed(clusters) == [old]
+        endpoints = await gateway.recv(ENDPOINT)
+        assert removed(endpoints) == [old]
+        await gateway.ack(endpoints)
+    else:
+        assert old not in names_in(clusters)
+    await gateway.drop(ENDPOINT, [old])
+    await gateway.ack(clusters)
+    await gateway.client.expect_nothing()
+
+
+async def evaluations_for_one_edit(
+    routes: int, flavour: str, monkeypatch: pytest.MonkeyPatch
+) -> Counter[str]:
+    harness = await start_harness()
+    try:
+        harness.world.apply(*many_routes(routes))
+        gateway = Gateway(harness.delta() if flavour == "delta" else harness.sotw())
+        await gateway.converge()
+        counts = count_evaluations(monkeypatch)
+        await move_one_route(harness, gateway)
+        monkeypatch.undo()
+    finally:
+        await harness.close()
+    assert harness.violations() == []
+    return counts
+
+
+async def test_a_one_route_edit_evaluates_a_handful_of_names_at_any_size(
+    flavour: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = await evaluations_for_one_edit(200, flavour, monkeypatch)
+    large = await evaluations_for_one_edit(2000, flavour, monkeypatch)
+
+    assert small.total() < FEW, f"200 routes: {dict(small)}"
+    assert large.total() < FEW, f"2,000 routes: {dict(large)}"
+    # Not just small: the same work, whatever the size (a wake more or less may recheck one).
+    assert abs(large.total() - small.total()) <= 2, f"{dict(small)} vs {dict(large)}"
