@@ -57,15 +57,28 @@ async def burst(routes: int, gateways: int, edits: int, seed: int) -> dict:
     rng = random.Random(seed)
     folder = Path(tempfile.mkdtemp(prefix="knative-xds-burst-"))
     for i in range(routes):
-        write_atomically(folder / f"{route_name(i)}.yaml", s.dump(route_objects(i, blue=1, green=2, to_green=False)))
+        write_atomically(
+            folder / f"{route_name(i)}.yaml",
+            s.dump(route_objects(i, blue=1, green=2, to_green=False)),
+        )
     plane = ControlPlane()
     source, _ = load_files(plane, folder)
     port = await plane.start_xds("127.0.0.1:0")
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) for _ in range(-(-gateways // STREAMS_PER_CHANNEL))]
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
+        for _ in range(-(-gateways // STREAMS_PER_CHANNEL))
+    ]
     clients = [Tracking(f"gw-{i}") for i in range(gateways)]
     async with asyncio.TaskGroup() as tasks:
         follow = tasks.create_task(plane.follow(source))
-        runs = [tasks.create_task(c.run(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channels[i // STREAMS_PER_CHANNEL]))) for i, c in enumerate(clients)]
+        runs = [
+            tasks.create_task(
+                c.run(
+                    ads_pb2_grpc.AggregatedDiscoveryServiceStub(channels[i // STREAMS_PER_CHANNEL])
+                )
+            )
+            for i, c in enumerate(clients)
+        ]
         async with asyncio.timeout(120):
             await asyncio.gather(*(c.ready.wait() for c in clients))
         before = [c.responses for c in clients]
@@ -112,7 +125,9 @@ async def burst(routes: int, gateways: int, edits: int, seed: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--routes", type=int, default=100)
     parser.add_argument("--gateways", type=int, default=100)
     parser.add_argument("--edits", type=int, default=1000)
@@ -126,12 +141,15 @@ def main() -> None:
     if args.json:
         print(json.dumps(r))
         return
-    print_table(f"burst: {r['edits']} edits in {r['burst_s']} s, {r['gateways']} streams, {r['routes']} routes", {
-        "every stream on the final state": f"{r['after_burst_to_all_final_s']} s after the burst",
-        "RDS responses per stream (max)": f"{r['rds_responses_per_stream_max']} for {r['edits']} edits",
-        "snapshots published": r["snapshots_published"],
-        "peak RSS (control plane and clients)": f"{r['peak_rss_mb']} MB",
-    })
+    print_table(
+        f"burst: {r['edits']} edits in {r['burst_s']} s, {r['gateways']} streams, {r['routes']} routes",
+        {
+            "every stream on the final state": f"{r['after_burst_to_all_final_s']} s after the burst",
+            "RDS responses per stream (max)": f"{r['rds_responses_per_stream_max']} for {r['edits']} edits",
+            "snapshots published": r["snapshots_published"],
+            "peak RSS (control plane and clients)": f"{r['peak_rss_mb']} MB",
+        },
+    )
 
 
 if __name__ == "__main__":
