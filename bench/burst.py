@@ -20,15 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
-
 from knative_xds import synth as s
 from knative_xds.app import ControlPlane, load_files
 from knative_xds.resources import ROUTE, content_hash
 
+from .clients import Client, connected
 from .common import print_table, route_name, route_objects, write_atomically
-from .fanout import CHANNEL_OPTIONS, STREAMS_PER_CHANNEL, Client
 
 
 class Tracking(Client):
@@ -64,53 +61,39 @@ async def burst(routes: int, gateways: int, edits: int, seed: int) -> dict:
     plane = ControlPlane()
     source, _ = load_files(plane, folder)
     port = await plane.start_xds("127.0.0.1:0")
-    channels = [
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
-        for _ in range(-(-gateways // STREAMS_PER_CHANNEL))
-    ]
     clients = [Tracking(f"gw-{i}") for i in range(gateways)]
     async with asyncio.TaskGroup() as tasks:
         follow = tasks.create_task(plane.follow(source))
-        runs = [
-            tasks.create_task(
-                c.run(
-                    ads_pb2_grpc.AggregatedDiscoveryServiceStub(channels[i // STREAMS_PER_CHANNEL])
-                )
+        async with connected(port, clients, timeout=120):
+            before = [c.responses for c in clients]
+            # Files are prepared first and written by another process, paced to spread the
+            # edits over one second: in this process the GIL would let the streams slow it.
+            texts = []
+            for _ in range(edits):
+                i = rng.randrange(routes)
+                objs = route_objects(i, blue=1, green=2, to_green=rng.random() < 0.5)
+                texts.append((folder / f"{route_name(i)}.yaml", s.dump(objs)))
+            writer = multiprocessing.get_context("spawn").Process(
+                target=_write_paced, args=(texts,)
             )
-            for i, c in enumerate(clients)
-        ]
-        async with asyncio.timeout(120):
-            await asyncio.gather(*(c.ready.wait() for c in clients))
-        before = [c.responses for c in clients]
-        # Files are prepared first and written by another process, paced to spread the
-        # edits over one second: in this process the GIL would let the streams slow it.
-        texts = []
-        for _ in range(edits):
-            i = rng.randrange(routes)
-            objs = route_objects(i, blue=1, green=2, to_green=rng.random() < 0.5)
-            texts.append((folder / f"{route_name(i)}.yaml", s.dump(objs)))
-        writer = multiprocessing.get_context("spawn").Process(target=_write_paced, args=(texts,))
-        t0 = time.perf_counter()
-        writer.start()
-        await asyncio.to_thread(writer.join)
-        burst_s = time.perf_counter() - t0
-        if writer.exitcode != 0:
-            raise RuntimeError(f"the writer process failed (exit code {writer.exitcode})")
-        await asyncio.sleep(0.1)  # let the watcher's last batch land
+            t0 = time.perf_counter()
+            writer.start()
+            await asyncio.to_thread(writer.join)
+            burst_s = time.perf_counter() - t0
+            if writer.exitcode != 0:
+                raise RuntimeError(f"the writer process failed (exit code {writer.exitcode})")
+            await asyncio.sleep(0.1)  # let the watcher's last batch land
 
-        def converged() -> bool:
-            final = {n: r.version for n, r in plane.cache.current().of(ROUTE).items()}
-            return all(c.tables == final for c in clients)
+            def converged() -> bool:
+                final = {n: r.version for n, r in plane.cache.current().of(ROUTE).items()}
+                return all(c.tables == final for c in clients)
 
-        async with asyncio.timeout(60):
-            while not converged():
-                await asyncio.sleep(0.01)
-        settle_s = time.perf_counter() - t0 - burst_s
-        responses = [c.responses - b for c, b in zip(clients, before, strict=True)]
-        for task in (*runs, follow):
-            task.cancel()
-    for ch in channels:
-        await ch.close()
+            async with asyncio.timeout(60):
+                while not converged():
+                    await asyncio.sleep(0.01)
+            settle_s = time.perf_counter() - t0 - burst_s
+            responses = [c.responses - b for c, b in zip(clients, before, strict=True)]
+        follow.cancel()
     await plane.stop(0)
     return {
         "routes": routes,

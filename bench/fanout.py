@@ -16,87 +16,19 @@ import json
 import time
 import tracemalloc
 
-import grpc
-from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-
 from knative_xds import synth as s
-from knative_xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
+from .clients import Client, connected
 from .common import print_table, route_name, route_objects, stack, summary, write_atomically
-
-STREAMS_PER_CHANNEL = 50
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1)]
-
-
-class Client:
-    """One gateway's ADS stream, reduced to what the benchmark needs."""
-
-    def __init__(self, node: str) -> None:
-        self.node = node
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.route_versions: list[tuple[float, str]] = []
-        self.ready = asyncio.Event()
-
-    def requests(self):
-        async def gen():
-            first = True
-            while True:
-                req = await self.queue.get()
-                if first:
-                    req.node.CopyFrom(base_pb2.Node(id=self.node))
-                    first = False
-                yield req
-
-        return gen()
-
-    async def run(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub) -> None:
-        # Wildcard on every type: the server sends the same bytes Envoy would get by
-        # name, and the client needs to decode nothing to know what to ask for.
-        for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
-            self.queue.put_nowait(discovery_pb2.DiscoveryRequest(type_url=t))
-        async for resp in stub.StreamAggregatedResources(self.requests()):
-            self.queue.put_nowait(
-                discovery_pb2.DiscoveryRequest(
-                    type_url=resp.type_url,
-                    version_info=resp.version_info,
-                    response_nonce=resp.nonce,
-                )
-            )
-            if resp.type_url == ROUTE:
-                self.route_versions.append((time.perf_counter(), resp.version_info))
-                self.on_route(resp)
-                self.ready.set()
-
-    def on_route(self, resp) -> None:
-        """A hook for subclasses that look inside route tables."""
 
 
 async def fanout(gateways: int, routes: int) -> dict:
     with stack(routes, envoy=False) as st:
-        channels = [
-            grpc.aio.insecure_channel(f"127.0.0.1:{st.xds}", options=CHANNEL_OPTIONS)
-            for _ in range(-(-gateways // STREAMS_PER_CHANNEL))
-        ]
         clients = [Client(f"gw-{i}") for i in range(gateways)]
-        async with asyncio.TaskGroup() as tasks:
-            runs = [
-                tasks.create_task(
-                    c.run(
-                        ads_pb2_grpc.AggregatedDiscoveryServiceStub(
-                            channels[i // STREAMS_PER_CHANNEL]
-                        )
-                    )
-                )
-                for i, c in enumerate(clients)
-            ]
-            started = time.perf_counter()
-            async with asyncio.timeout(120):
-                await asyncio.gather(*(c.ready.wait() for c in clients))
-            connected_s = time.perf_counter() - started
+        async with connected(st.xds, clients, timeout=120) as connected_s:
             await asyncio.sleep(0.5)
-            ports = [int(p) for p in st.ports()]
-            text = s.dump(route_objects(0, blue=ports[0], green=ports[1], to_green=True))
+            blue, green = st.ports()
+            text = s.dump(route_objects(0, blue=blue, green=green, to_green=True))
             seen = {id(c): len(c.route_versions) for c in clients}
             t0 = time.perf_counter()
             write_atomically(st.config / f"{route_name(0)}.yaml", text)
@@ -105,10 +37,6 @@ async def fanout(gateways: int, routes: int) -> dict:
                     await asyncio.sleep(0.005)
             arrivals = [(c.route_versions[seen[id(c)]][0] - t0) * 1000 for c in clients]
             rss = st.rss_kb(0)
-            for r in runs:
-                r.cancel()
-        for ch in channels:
-            await ch.close()
     return {
         "gateways": gateways,
         "routes": routes,

@@ -12,45 +12,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import time
 
-import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
-
+from .clients import Client, connected
 from .common import print_table, stack, wait_all_warm
-from .fanout import CHANNEL_OPTIONS, STREAMS_PER_CHANNEL, Client
 
 
 async def scale(routes: int, gateways: int) -> dict:
     with stack(routes) as st:
         cold = wait_all_warm(st, 2 * routes, timeout=900) - st.started
         rss_one = st.rss_kb(0)
-        channels = [
-            grpc.aio.insecure_channel(f"127.0.0.1:{st.xds}", options=CHANNEL_OPTIONS)
-            for _ in range(-(-gateways // STREAMS_PER_CHANNEL))
-        ]
         clients = [Client(f"gw-{i}") for i in range(gateways)]
-        async with asyncio.TaskGroup() as tasks:
-            runs = [
-                tasks.create_task(
-                    c.run(
-                        ads_pb2_grpc.AggregatedDiscoveryServiceStub(
-                            channels[i // STREAMS_PER_CHANNEL]
-                        )
-                    )
-                )
-                for i, c in enumerate(clients)
-            ]
-            t0 = time.perf_counter()
-            async with asyncio.timeout(600):
-                await asyncio.gather(*(c.ready.wait() for c in clients))
-            connect = time.perf_counter() - t0
+        async with connected(st.xds, clients, timeout=600) as connect:
             await asyncio.sleep(1.0)
             rss_all = st.rss_kb(0)
-            for r in runs:
-                r.cancel()
-        for ch in channels:
-            await ch.close()
     return {
         "routes": routes,
         "revisions": 2 * routes,

@@ -13,7 +13,7 @@ import asyncio
 import logging
 
 from ..model import ObjectKey
-from .http import Message, encode, read_message
+from .http import Message, encode, read_message, serve
 from .runner import LocalRevisions
 
 log = logging.getLogger(__name__)
@@ -25,24 +25,12 @@ class LocalActivator:
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        self._server = await asyncio.start_server(self._handle, host, port)
+        self._server = await serve(self._forward, host, port)
         return self._server.sockets[0].getsockname()[1]
 
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while (request := await read_message(reader)) is not None:
-                writer.write(await self._forward(request))
-                await writer.drain()
-                if not request.keep_alive:
-                    break
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass
-        finally:
-            writer.close()
 
     async def _forward(self, request: Message) -> bytes:
         name = request.header("knative-serving-revision")

@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 
-from .http import encode, read_message
+from .http import Message, encode, serve
 
 
 def answer(name: str, start: str, headers: tuple[tuple[str, str], ...], body: bytes) -> bytes:
@@ -30,19 +30,10 @@ def answer(name: str, start: str, headers: tuple[tuple[str, str], ...], body: by
 
 
 async def serve_echo(name: str, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while (msg := await read_message(reader)) is not None:
-                writer.write(answer(name, msg.start, msg.headers, msg.body))
-                await writer.drain()
-                if not msg.keep_alive:
-                    break
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass
-        finally:
-            writer.close()
+    async def handle(msg: Message) -> bytes:
+        return answer(name, msg.start, msg.headers, msg.body)
 
-    return await asyncio.start_server(handle, host, port)
+    return await serve(handle, host, port)
 
 
 def bound_port(server: asyncio.Server) -> int:

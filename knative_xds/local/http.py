@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 MAX_HEAD = 64 * 1024
@@ -74,3 +75,24 @@ def encode(start: str, headers: tuple[tuple[str, str], ...], body: bytes) -> byt
     kept.append(("Content-Length", str(len(body))))
     head = start + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in kept) + "\r\n"
     return head.encode("latin-1") + body
+
+
+Handler = Callable[[Message], Awaitable[bytes]]
+
+
+async def serve(handler: Handler, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
+    """Answer requests on keep-alive connections, one at a time per connection."""
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while (request := await read_message(reader)) is not None:
+                writer.write(await handler(request))
+                await writer.drain()
+                if not request.keep_alive:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass  # the peer went away or sent garbage: drop this connection only
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(connection, host, port)

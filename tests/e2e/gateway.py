@@ -88,6 +88,17 @@ class Gateway:
         self.apps[name] = server
         return bound_port(server)
 
+    async def ready_revisions(self, *names: str) -> list[dict]:
+        """Per name: an echo app answering as it, its Revision, and a ready EndpointSlice."""
+        objects: list[dict] = []
+        for i, name in enumerate(names):
+            port = await self.app(name)
+            objects += [
+                synth.revision(name),
+                synth.endpoint_slice(name, ["127.0.0.1"], port, suffix=f"s{i}"),
+            ]
+        return objects
+
     def write(self, objects: Iterable[dict], filename: str = "objects.yaml") -> None:
         """Replace one file atomically, as an editor that saves by rename would."""
         self.config_dir.mkdir(parents=True, exist_ok=True)

@@ -104,13 +104,7 @@ async def test_pods_going_away_sends_traffic_back_to_the_activator(gateway):
 
 
 async def test_editing_percents_shifts_traffic_with_no_failed_request(gateway):
-    blue, green = await gateway.app("hello-00001"), await gateway.app("hello-00002")
-    revisions = [
-        s.revision("hello-00001"),
-        s.revision("hello-00002"),
-        s.endpoint_slice("hello-00001", ["127.0.0.1"], blue),
-        s.endpoint_slice("hello-00002", ["127.0.0.1"], green, suffix="b"),
-    ]
+    revisions = await gateway.ready_revisions("hello-00001", "hello-00002")
     await gateway.start([s.route("hello", [s.target("hello-00001", 100)]), *revisions])
     await gateway.wait_served(HELLO, "hello-00001")
 
@@ -164,13 +158,7 @@ async def test_splitting_to_a_new_revision_and_removing_the_old_one_fails_no_req
 
 
 async def test_a_bad_edit_is_reported_and_envoy_keeps_serving_the_last_good_config(gateway):
-    blue, green = await gateway.app("hello-00001"), await gateway.app("hello-00002")
-    revisions = [
-        s.revision("hello-00001"),
-        s.revision("hello-00002"),
-        s.endpoint_slice("hello-00001", ["127.0.0.1"], blue),
-        s.endpoint_slice("hello-00002", ["127.0.0.1"], green, suffix="b"),
-    ]
+    revisions = await gateway.ready_revisions("hello-00001", "hello-00002")
     await gateway.start([s.route("hello", [s.target("hello-00001", 100)]), *revisions])
     await gateway.wait_served(HELLO, "hello-00001")
     published = gateway.plane.cache.current().serial

@@ -69,14 +69,8 @@ async def test_a_cluster_local_route_is_404_outside_and_served_inside(gateway):
 
 
 async def test_a_public_route_also_answers_at_its_cluster_local_names_inside(gateway):
-    port = await gateway.app("hello-00001")
-    await gateway.start(
-        [
-            s.route("hello", [s.target("hello-00001", 100)]),
-            s.revision("hello-00001"),
-            s.endpoint_slice("hello-00001", ["127.0.0.1"], port),
-        ]
-    )
+    hello = await gateway.ready_revisions("hello-00001")
+    await gateway.start([s.route("hello", [s.target("hello-00001", 100)]), *hello])
     await gateway.wait_served(HELLO, "hello-00001")
 
     inside = await gateway.get("hello.default.svc.cluster.local", internal=True)
@@ -87,14 +81,8 @@ async def test_a_public_route_also_answers_at_its_cluster_local_names_inside(gat
 
 
 async def test_split_headers_overwrite_what_the_client_sent(gateway):
-    port = await gateway.app("hello-00001")
-    await gateway.start(
-        [
-            s.route("hello", [s.target("hello-00001", 100)]),
-            s.revision("hello-00001"),
-            s.endpoint_slice("hello-00001", ["127.0.0.1"], port),
-        ]
-    )
+    hello = await gateway.ready_revisions("hello-00001")
+    await gateway.start([s.route("hello", [s.target("hello-00001", 100)]), *hello])
     await gateway.wait_served(HELLO, "hello-00001")
 
     reply = await gateway.get(
