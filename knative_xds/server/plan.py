@@ -13,9 +13,10 @@ The cross-type rules that make updates hitless live here, in one place:
   changed cluster but does not ask for its endpoints again.
 
 Planning costs what changed: given `only`, the names that may have changed for
-this client (from the cache's changelog, plus names held back or retained
-last time), just those are evaluated. Without it, every name is. A SotW
-full-state type still sends its whole set when any of its names changed.
+this client (from the cache's changelog, plus names newly asked for, held back
+or retained), just those are evaluated. Without it, every name is. A SotW
+full-state type still sends its whole set when any of its names changed, built
+from what it was last sent with the evaluated names applied.
 """
 
 from __future__ import annotations
@@ -51,25 +52,17 @@ class _Context:
     snapshot: Snapshot
     subs: Subscriptions
     waiting: set[str] = field(default_factory=set)
-    _needed: frozenset[str] | None = None
-
-    def needed_clusters(self) -> frozenset[str]:
-        """Clusters named by a route table the client holds or is applying (computed once)."""
-        if self._needed is None:
-            rds = self.subs.get(ROUTE)
-            held = rds.held() if rds is not None else []
-            self._needed = frozenset().union(*(t.refs for t in held))
-        return self._needed
 
     def retained(self, cluster: str) -> Resource | None:
         """A cluster gone from the snapshot that this client must keep for now, else None."""
-        cds = self.subs.get(CLUSTER)
-        if cds is None or self.subs.get(ROUTE) is None:
+        cds, rds = self.subs.get(CLUSTER), self.subs.get(ROUTE)
+        if cds is None or rds is None:
             return None
         kept = cds.sent.get(cluster)
         if kept is None or cluster in self.snapshot.of(CLUSTER) or not cds.covers(cluster):
             return None
-        return kept if cluster in self.needed_clusters() else None
+        # Still named by a route table the client holds or is applying.
+        return kept if rds.holds_ref(cluster) else None
 
 
 def _evaluate(type_url: str, name: str, ctx: _Context) -> Resource | None:
@@ -138,18 +131,15 @@ def plan_sotw(
     sub = subs[type_url]
     ctx = _Context(snapshot, subs)
     candidates = _candidates(type_url, ctx, only)
+    evaluated = {n: _evaluate(type_url, n, ctx) for n in candidates}
+    sub.recheck = _still(sub, candidates, ctx)
+    changed = {n: r for n, r in evaluated.items() if r is not None and _differs(r, sub.sent.get(n))}
     version = snapshot.version(type_url)
     if type_url in FULL_STATE_TYPES:
-        if only is not None and sub.responded:
-            if not any(_differs(_evaluate(type_url, n, ctx), sub.sent.get(n)) for n in candidates):
-                sub.recheck = _still(sub, candidates, ctx)
-                return None
-            ctx = _Context(snapshot, subs)  # something moved: the whole set goes out
-        desired = _desired(type_url, _all_names(type_url, ctx), ctx)
-        sub.recheck = ctx.waiting
-        changed = {n: r for n, r in desired.items() if _differs(r, sub.sent.get(n))}
-        if sub.responded and not changed and desired.keys() == sub.sent.keys():
+        gone = [n for n, r in evaluated.items() if r is None and n in sub.sent]
+        if sub.responded and not changed and not gone:
             return None
+        desired = _full_set(sub, changed, gone)
         whole = sub.wildcard and not ctx.waiting and desired.keys() == snapshot.of(type_url).keys()
         return Outgoing(
             type_url,
@@ -159,12 +149,23 @@ def plan_sotw(
             whole_snapshot=whole,
             renewed=_renewed(type_url, changed, sub),
         )
-    desired = _desired(type_url, candidates, ctx)
-    sub.recheck = _still(sub, candidates, ctx)
-    changed = {n: r for n, r in desired.items() if _differs(r, sub.sent.get(n))}
     if changed or (not sub.responded and sub.wildcard):
         return Outgoing(type_url, version, changed)
     return None
+
+
+def _full_set(
+    sub: Subscription, changed: Mapping[str, Resource], gone: Iterable[str]
+) -> dict[str, Resource]:
+    """The client's whole set: what it was last sent, with what planning found changed.
+
+    A name that was not a candidate is unchanged in the snapshot and was not
+    waiting, so it would evaluate to what was sent: only candidates are evaluated.
+    """
+    desired = {**sub.sent, **changed}
+    for name in gone:
+        del desired[name]
+    return desired
 
 
 def plan_delta(

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import enum
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..resources import Resource
+from ..resources import ROUTE, Resource
 
 WILDCARD = "*"
 
@@ -65,6 +66,9 @@ class Subscription:
     acked: dict[str, Resource] = field(default_factory=dict)
     # Responses sent and not yet answered, by nonce.
     inflight: dict[str, InFlight] = field(default_factory=dict)
+    # Route tables only: per cluster, how many tables accepted or in flight name it.
+    # Counted as tables come and go, so asking costs the same at any size.
+    held_refs: Counter[str] = field(default_factory=Counter)
     responded: bool = False
     last_nonce: str | None = None
     acked_version: str = ""
@@ -76,9 +80,10 @@ class Subscription:
     # wildcard still covers, and holding a name on reconnect that is gone, put them here.
     unsettled: set[str] = field(default_factory=set)
     # Names to evaluate on the next plan even if the snapshot did not change them:
-    # route tables held back, clusters kept for old routes, endpoints to resend.
+    # names just asked for, route tables held back, clusters kept for old routes,
+    # endpoints to resend.
     recheck: set[str] = field(default_factory=set)
-    # Bumped when the wildcard starts or ends, or the client may have lost what it held:
+    # Bumped when the wildcard starts or ends, or a Delta reconnect says what it holds:
     # the next plan looks at every name. Names asked for one by one go to `recheck`.
     names_epoch: int = 0
     # The snapshot counter and names epoch of this type when it was last planned.
@@ -139,18 +144,18 @@ class Subscription:
             self.names_epoch += 1
 
     def restart(self) -> None:
-        """The client may hold nothing: send everything again.
+        """The client may hold nothing: plan and answer as for a first request.
 
-        Bumping the epoch makes the next plan look at every name; the changelog
+        Not having responded makes the next plan look at every name; the changelog
         alone would find nothing new, and nothing would be sent.
         """
         self.sent.clear()
-        self.names_epoch += 1
+        self.responded = False
 
     def _forget(self, names: Iterable[str]) -> None:
         for n in names:
             self.sent.pop(n, None)
-            self.acked.pop(n, None)
+            self._unaccept(n)
             self.told_missing.discard(n)
 
     def seed_known(self, versions: Mapping[str, str], available: Mapping[str, Resource]) -> None:
@@ -165,7 +170,7 @@ class Subscription:
                 self.unsettled.add(name)
             elif current.version == version:
                 self.sent[name] = current
-                self.acked[name] = current
+                self._set_accepted(name, current)
 
     # -- what was sent and answered ---------------------------------------------------
 
@@ -189,6 +194,7 @@ class Subscription:
         # The response was planned from this state, so it settled every unsettled name.
         self.unsettled.clear()
         self.inflight[nonce] = InFlight(version, full_state, dict(resources), removed)
+        self._count(resources.values(), 1)
         self.last_nonce = nonce
         self.responded = True
 
@@ -204,8 +210,8 @@ class Subscription:
             return None
         for older in [n for n in self.inflight if _seq(n) < _seq(nonce)]:
             # Responses are applied in order, so an older one still in flight was accepted.
-            self._accept(self.inflight.pop(older))
-        answered = self.inflight.pop(nonce)
+            self._accept(self._land(older))
+        answered = self._land(nonce)
         if error is not None:
             self.last_nack = Nack(
                 nonce=nonce, version=self.acked_version, message=error, at=time.time()
@@ -214,22 +220,49 @@ class Subscription:
         self._accept(answered)
         return Decision.ACK
 
+    def _land(self, nonce: str) -> InFlight:
+        response = self.inflight.pop(nonce)
+        self._count(response.resources.values(), -1)
+        return response
+
     def _accept(self, response: InFlight) -> None:
         # From what was sent, not from the request's version_info: Delta requests carry none.
         self.acked_version = response.version
         if response.full_state:
-            self.acked = dict(response.resources)
-        else:
-            self.acked.update(response.resources)
-            for n in response.removed:
-                self.acked.pop(n, None)
+            for n in [n for n in self.acked if n not in response.resources]:
+                self._unaccept(n)
+        for n, resource in response.resources.items():
+            self._set_accepted(n, resource)
+        for n in response.removed:
+            self._unaccept(n)
 
-    def held(self) -> list[Resource]:
-        """Resources the client holds or may be applying: accepted plus in flight."""
-        out = list(self.acked.values())
-        for response in self.inflight.values():
-            out.extend(response.resources.values())
-        return out
+    def _set_accepted(self, name: str, resource: Resource) -> None:
+        if self.acked.get(name) is resource:
+            return
+        self._unaccept(name)
+        self.acked[name] = resource
+        self._count((resource,), 1)
+
+    def _unaccept(self, name: str) -> None:
+        old = self.acked.pop(name, None)
+        if old is not None:
+            self._count((old,), -1)
+
+    def _count(self, resources: Iterable[Resource], step: int) -> None:
+        if self.type_url != ROUTE:
+            return  # only a table's clusters are asked about; full-state sets stay cheap
+        refs = self.held_refs
+        for resource in resources:
+            for ref in resource.refs:
+                left = refs[ref] + step
+                if left:
+                    refs[ref] = left
+                else:
+                    del refs[ref]  # keep the counter as small as what is held
+
+    def holds_ref(self, name: str) -> bool:
+        """Does a resource the client holds or may be applying (accepted or in flight) name it?"""
+        return name in self.held_refs
 
 
 def _seq(nonce: str) -> int:

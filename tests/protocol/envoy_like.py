@@ -3,18 +3,20 @@
 Clusters by wildcard, then the endpoints of each cluster it receives by name
 (asked before it ACKs the clusters, as Envoy resumes its paused EDS requests
 before the CDS ACK), then listeners, then scopes by wildcard, then the route
-tables the scopes name (asked before the SRDS ACK). A test drives each step, so
-it can check what arrives between them.
+tables the scopes name (asked before the SRDS ACK). When a cluster or a scope
+goes, it stops asking for the endpoints or route table that went with it.
+A test drives each step, so it can check what arrives between them.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
 from knative_xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE
 
-from .xds_client import DeltaClient, SotwClient, messages_in, names_in, tables_named
+from .xds_client import QUIET, DeltaClient, SotwClient, messages_in, names_in
 
 
 class Gateway:
@@ -24,41 +26,45 @@ class Gateway:
         self.client = client
         # Delta: the names subscribed per type (SotW keeps its whole lists on the client).
         self.subscribed: dict[str, list[str]] = {}
+        # The route table each scope it holds names: a Delta removal gives only the scope.
+        self.scopes: dict[str, str] = {}
+
+    @property
+    def delta(self) -> bool:
+        return isinstance(self.client, DeltaClient)
 
     async def subscribe_wildcard(self, type_url: str) -> None:
         await self.client.request(type_url)
 
-    async def ask(self, type_url: str, names: Iterable[str]) -> None:
-        """Add names to what this type asks for (a delta, or SotW's whole list again)."""
-        new = [n for n in dict.fromkeys(names) if n not in self._asked(type_url)]
+    def asked(self, type_url: str) -> list[str]:
+        if isinstance(self.client, SotwClient):
+            return list(self.client.names.get(type_url, []))
+        return list(self.subscribed.get(type_url, []))
+
+    async def want(self, type_url: str, names: Iterable[str]) -> None:
+        """Ask for exactly `names` of a type, in one request, if that changes anything."""
+        wanted = list(dict.fromkeys(names))
+        asked = self.asked(type_url)
+        new = [n for n in wanted if n not in asked]
+        gone = [n for n in asked if n not in set(wanted)]
+        if not new and not gone:
+            return
         if isinstance(self.client, DeltaClient):
-            await self.client.request(type_url, new)
+            await self.client.request(type_url, new, gone)
+            self.subscribed[type_url] = wanted
         else:
-            await self._request_sotw(type_url, [*self._asked(type_url), *new])
-        self._asked(type_url).extend(new)
+            # A SotW request lists every name, and echoes the last nonce of its type.
+            last = self.client.last.get(type_url)
+            await self.client.request(type_url, wanted, nonce=last.nonce if last else "")
+
+    async def ask(self, type_url: str, names: Iterable[str]) -> None:
+        """Add names to what this type asks for."""
+        await self.want(type_url, [*self.asked(type_url), *names])
 
     async def drop(self, type_url: str, names: Iterable[str]) -> None:
-        """Stop asking for names, as Envoy does when the cluster or scope naming them goes."""
+        """Stop asking for names."""
         gone = set(names)
-        kept = [n for n in self._asked(type_url) if n not in gone]
-        if isinstance(self.client, DeltaClient):
-            await self.client.request(type_url, unsubscribe=sorted(gone))
-        else:
-            await self._request_sotw(type_url, kept)
-        self._asked(type_url)[:] = kept
-
-    async def _request_sotw(self, type_url: str, names: list[str]) -> None:
-        assert isinstance(self.client, SotwClient)
-        last = self.client.last.get(type_url)
-        await self.client.request(type_url, names, nonce=last.nonce if last else "")
-
-    def _asked(self, type_url: str) -> list[str]:
-        if isinstance(self.client, SotwClient):
-            return self.client.names.setdefault(type_url, [])
-        return self.subscribed.setdefault(type_url, [])
-
-    def asked(self, type_url: str) -> list[str]:
-        return list(self._asked(type_url))
+        await self.want(type_url, [n for n in self.asked(type_url) if n not in gone])
 
     async def ack(self, response: Any) -> None:
         await self.client.ack(response)
@@ -66,24 +72,59 @@ class Gateway:
     async def recv(self, type_url: str | None = None) -> Any:
         return await self.client.recv(type_url)
 
+    async def follow_clusters(self, clusters: Any) -> None:
+        """Ask for the endpoints of new clusters and drop those of gone ones, then ACK."""
+        if self.delta:
+            gone = set(removed(clusters))
+            kept = [n for n in self.asked(ENDPOINT) if n not in gone]
+            await self.want(ENDPOINT, [*kept, *names_in(clusters)])
+        else:
+            await self.want(ENDPOINT, names_in(clusters))  # full state: these and no others
+        await self.ack(clusters)
+
     async def follow(self, scopes: Any) -> None:
-        """Ask for the route tables new scopes name, then accept the scopes, as Envoy does."""
-        await self.ask(ROUTE, tables_named(scopes))
+        """Ask for the route tables the scopes name and drop those no scope names any more,
+        then accept the scopes, as Envoy does."""
+        named = {name: m.route_configuration_name for name, m in messages_in(scopes).items()}  # type: ignore[attr-defined]
+        if self.delta:
+            for name in removed(scopes):
+                self.scopes.pop(name, None)
+            self.scopes.update(named)
+        else:
+            self.scopes = named  # full state: these and no others
+        await self.want(ROUTE, sorted(set(self.scopes.values())))
         await self.ack(scopes)
 
     async def converge(self) -> None:
         """Connect the way Envoy does and accept everything: clusters, endpoints, listeners,
         scopes, routes."""
         await self.subscribe_wildcard(CLUSTER)
-        clusters = await self.recv(CLUSTER)
-        await self.ask(ENDPOINT, names_in(clusters))
-        await self.ack(clusters)
+        await self.follow_clusters(await self.recv(CLUSTER))
         await self.ack(await self.recv(ENDPOINT))
         await self.subscribe_wildcard(LISTENER)
         await self.ack(await self.recv(LISTENER))
         await self.subscribe_wildcard(SCOPED_ROUTE)
         await self.follow(await self.recv(SCOPED_ROUTE))
         await self.ack(await self.recv(ROUTE))
+
+    async def settle(self) -> list[Any]:
+        """Take and follow every response, as Envoy would, until the server goes quiet.
+
+        For steps whose order depends on timing (a response and a request crossing);
+        returns the responses in the order they came.
+        """
+        taken = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                response = await self.client.recv(timeout=QUIET)
+                taken.append(response)
+                if response.type_url == CLUSTER:
+                    await self.follow_clusters(response)
+                elif response.type_url == SCOPED_ROUTE:
+                    await self.follow(response)
+                else:
+                    await self.ack(response)
+        return taken
 
 
 def removed(response: Any) -> list[str]:

@@ -78,7 +78,8 @@ async def test_streams_are_refused_with_unavailable_until_the_first_snapshot(
         # The server may refuse the stream before the request is even written.
         with contextlib.suppress(grpc.aio.AioRpcError):
             await refused.request(CLUSTER)
-        assert await refused.status() == grpc.StatusCode.UNAVAILABLE
+        status = await refused.status()
+        assert status == grpc.StatusCode.UNAVAILABLE, await refused.call.details()
         assert refused.received == []  # above all, no empty first push
 
         harness.world.apply(*base_objects())
@@ -147,7 +148,13 @@ async def test_client_disconnecting_mid_push_leaves_no_stream_and_no_watch(
         await call.write(discovery_pb2.DiscoveryRequest(node=NODE, type_url=type_url))
     await eventually(lambda: len(plane.ads.streams) == 1 and plane.cache.watch_count == 1)
     (stream,) = plane.ads.streams.values()
-    await eventually(lambda: all(sub.responded for sub in stream.subs.values()))
+    # Every type read and answered (an empty `subs` would pass `all` before any was read).
+    await eventually(
+        lambda: (
+            len(stream.subs) == len(PUSH_ORDER)
+            and all(sub.responded for sub in stream.subs.values())
+        )
+    )
 
     # Pushes big enough to fill the transport's window while nobody reads them.
     many = [synth.revision(f"r-{i}", ready=True) for i in range(300)]
