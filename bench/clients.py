@@ -13,7 +13,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from knative_xds.resources import PUSH_ORDER, ROUTE
 
-STREAMS_PER_CHANNEL = 50
+STREAMS_PER_CHANNEL = 10
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1)]
 
 

@@ -67,8 +67,10 @@ class Stream:
         cancel_watch = self._cache.watch(self._wake)
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._read(requests))
-                tasks.create_task(self._write(send))
+                reader = tasks.create_task(self._read(requests))
+                writer = tasks.create_task(self._write(send))
+                # A writer that stops (client gone) takes the reader with it.
+                writer.add_done_callback(lambda _: reader.cancel())
         finally:
             cancel_watch()
 
@@ -176,7 +178,14 @@ class Stream:
                     removed=out.removed,
                 )
                 after_send(out, self.subs)
-                await send(self._encode(out, nonce, snapshot))
+                try:
+                    await send(self._encode(out, nonce, snapshot))
+                except Exception as e:
+                    # The transport is gone (the client died or reset): there is no one left
+                    # to send to, so the stream ends here rather than as a server error.
+                    log.info("stream %s: send failed, client gone (%s)", self.status.id, e)
+                    self._closed = True
+                    return
 
     def _plan(self, type_url: str, snapshot: Snapshot) -> Outgoing | None:
         """Plan one type, looking only at names that may have changed for this client."""
