@@ -73,6 +73,24 @@ class _Rule:
         self.gate.set()
 
 
+class Changed:
+    """An event replaced each time it fires, so a waiter that looked before never misses one."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    def current(self) -> asyncio.Event:
+        return self._event
+
+    async def until(self, check: Callable[[], Any]) -> None:
+        while not check():
+            await self._event.wait()
+
+
 class FakeApiServer:
     def __init__(self) -> None:
         self.seen: list[Seen] = []
@@ -83,7 +101,7 @@ class FakeApiServer:
         self._epoch = 0  # watches opened before `_expired_epoch` end (with 410 if expired)
         self._ended: dict[int, bool] = {}
         self._rules: list[_Rule] = []
-        self._wake = asyncio.Event()
+        self._changed = Changed()
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -165,15 +183,12 @@ class FakeApiServer:
         return [s for s in self.seen if s.verb == verb and part in s.target]
 
     async def wait_for(self, check: Callable[[], bool]) -> None:
-        while not check():
-            wake = self._wake
-            await wake.wait()
+        await self._changed.until(check)
 
     # -- internals ------------------------------------------------------------------------
 
     def _poke(self) -> None:
-        self._wake.set()
-        self._wake = asyncio.Event()
+        self._changed.fire()
 
     def _record(self, event: _Event) -> None:
         self._history.append(event)
@@ -258,7 +273,7 @@ class FakeApiServer:
         bookmarks = query.get("allowWatchBookmarks") == "true"
         try:
             while True:
-                wake = self._wake
+                wake = self._changed.current()
                 for event in self._history[position:]:
                     if event.rv > since:
                         await self._send_event(response, event, resource, selects, bookmarks)

@@ -14,7 +14,7 @@ from knative_xds.model import ObjectKey, Problem, RawObject
 from knative_xds.model.resolve import Ident
 from knative_xds.sources.kube import HttpApi, KubeSource
 from knative_xds.sources.kube_watch import Backoff, WatchOptions
-from tests.fake_kube_api import FakeApiServer
+from tests.fake_kube_api import Changed, FakeApiServer
 
 SERVING = "serving.knative.dev/v1"
 DISCOVERY = "discovery.k8s.io/v1"
@@ -138,7 +138,7 @@ class RecordingSink:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[Ident, RawObject | None]]] = []
         self.problem_log: list[tuple[str, list[Problem]]] = []
-        self._wake = asyncio.Event()
+        self._changed = Changed()
 
     def apply(self, changes: Mapping[Ident, RawObject | None]) -> None:
         self.calls.append(("apply", dict(changes)))
@@ -168,13 +168,10 @@ class RecordingSink:
         return state
 
     async def until(self, check: Callable[[], Any]) -> None:
-        while not check():
-            wake = self._wake
-            await wake.wait()
+        await self._changed.until(check)
 
     def _poke(self) -> None:
-        self._wake.set()
-        self._wake = asyncio.Event()
+        self._changed.fire()
 
 
 # -- a source against the fake API server ---------------------------------------------
