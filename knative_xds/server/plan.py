@@ -35,7 +35,7 @@ Subscriptions = Mapping[str, Subscription]
 class Outgoing:
     type_url: str
     version: str
-    resources: dict[str, Resource]
+    resources: Mapping[str, Resource]
     removed: tuple[str, ...] = ()
     # SotW LDS/CDS/SRDS: `resources` is the client's whole set, not just what changed.
     full_state: bool = False
@@ -139,8 +139,11 @@ def plan_sotw(
         gone = [n for n, r in evaluated.items() if r is None and n in sub.sent]
         if sub.responded and not changed and not gone:
             return None
-        desired = _full_set(sub, changed, gone)
+        desired: Mapping[str, Resource] = _full_set(sub, changed, gone)
         whole = sub.wildcard and not ctx.waiting and desired.keys() == snapshot.of(type_url).keys()
+        if whole:
+            # The snapshot's own immutable map: every stream holding it shares one copy.
+            desired = snapshot.of(type_url)
         return Outgoing(
             type_url,
             version,

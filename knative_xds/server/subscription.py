@@ -49,7 +49,7 @@ class InFlight:
 
     version: str
     full_state: bool
-    resources: dict[str, Resource]
+    resources: Mapping[str, Resource]
     removed: frozenset[str]
 
 
@@ -61,9 +61,11 @@ class Subscription:
     # Legacy wildcard is allowed until the client names something (including `*`).
     legacy_allowed: bool = True
     # What we last sent, per name: the client's view if it accepts everything.
-    sent: dict[str, Resource] = field(default_factory=dict)
+    # Full-state types share one mapping among sent, in flight and accepted (and, when
+    # it is the snapshot's own set, among every stream): copied only before a change.
+    sent: Mapping[str, Resource] = field(default_factory=dict)
     # What the client accepted (applied), per name.
-    acked: dict[str, Resource] = field(default_factory=dict)
+    acked: Mapping[str, Resource] = field(default_factory=dict)
     # Responses sent and not yet answered, by nonce.
     inflight: dict[str, InFlight] = field(default_factory=dict)
     # Route tables only: per cluster, how many tables accepted or in flight name it.
@@ -89,6 +91,8 @@ class Subscription:
     # The snapshot counter and names epoch of this type when it was last planned.
     planned_at: int = -1
     planned_epoch: int = -1
+    _sent_shared: bool = False
+    _acked_shared: bool = False
 
     # -- what the client wants --------------------------------------------------------
 
@@ -149,12 +153,23 @@ class Subscription:
         Not having responded makes the next plan look at every name; the changelog
         alone would find nothing new, and nothing would be sent.
         """
-        self.sent.clear()
+        self.sent = {}
         self.responded = False
+
+    def _own_sent(self) -> dict[str, Resource]:
+        if not isinstance(self.sent, dict) or self._sent_shared:
+            self.sent, self._sent_shared = dict(self.sent), False
+        return self.sent  # type: ignore[return-value]
+
+    def _own_acked(self) -> dict[str, Resource]:
+        if not isinstance(self.acked, dict) or self._acked_shared:
+            self.acked, self._acked_shared = dict(self.acked), False
+        return self.acked  # type: ignore[return-value]
 
     def _forget(self, names: Iterable[str]) -> None:
         for n in names:
-            self.sent.pop(n, None)
+            if n in self.sent:
+                self._own_sent().pop(n)
             self._unaccept(n)
             self.told_missing.discard(n)
 
@@ -169,7 +184,7 @@ class Subscription:
             if current is None:
                 self.unsettled.add(name)
             elif current.version == version:
-                self.sent[name] = current
+                self._own_sent()[name] = current
                 self._set_accepted(name, current)
 
     # -- what was sent and answered ---------------------------------------------------
@@ -185,15 +200,17 @@ class Subscription:
     ) -> None:
         removed = frozenset(removed)
         if full_state:
-            self.sent = dict(resources)
+            self.sent, self._sent_shared = resources, True
         else:
-            self.sent.update(resources)
+            sent = self._own_sent()
+            sent.update(resources)
             for n in removed:
-                self.sent.pop(n, None)
+                sent.pop(n, None)
         self.told_missing |= {n for n in removed if n in self.names}
         # The response was planned from this state, so it settled every unsettled name.
         self.unsettled.clear()
-        self.inflight[nonce] = InFlight(version, full_state, dict(resources), removed)
+        kept = resources if full_state else dict(resources)
+        self.inflight[nonce] = InFlight(version, full_state, kept, removed)
         self._count(resources.values(), 1)
         self.last_nonce = nonce
         self.responded = True
@@ -201,7 +218,8 @@ class Subscription:
     def forget_sent(self, names: Iterable[str]) -> None:
         """Make these names be sent again (EDS after its cluster changed: Envoy won't ask)."""
         for n in names:
-            self.sent.pop(n, None)
+            if n in self.sent:
+                self._own_sent().pop(n)
             self.recheck.add(n)
 
     def answer(self, nonce: str, error: str | None) -> Decision | None:
@@ -228,6 +246,10 @@ class Subscription:
     def _accept(self, response: InFlight) -> None:
         # From what was sent, not from the request's version_info: Delta requests carry none.
         self.acked_version = response.version
+        if response.full_state and self.type_url != ROUTE:
+            # No per-cluster counts to keep for these types: take the response's mapping.
+            self.acked, self._acked_shared = response.resources, True
+            return
         if response.full_state:
             for n in [n for n in self.acked if n not in response.resources]:
                 self._unaccept(n)
@@ -240,11 +262,11 @@ class Subscription:
         if self.acked.get(name) is resource:
             return
         self._unaccept(name)
-        self.acked[name] = resource
+        self._own_acked()[name] = resource
         self._count((resource,), 1)
 
     def _unaccept(self, name: str) -> None:
-        old = self.acked.pop(name, None)
+        old = self._own_acked().pop(name, None) if name in self.acked else None
         if old is not None:
             self._count((old,), -1)
 
