@@ -26,9 +26,8 @@ from .common import print_table, route_objects, summary
 
 
 def raw(obj: dict) -> tuple[tuple[str, ObjectKey], RawObject]:
-    meta = obj["metadata"]
-    key = ObjectKey(meta["namespace"], meta["name"])
-    return (obj["kind"], key), RawObject(obj["kind"], obj["apiVersion"], key, obj, "bench")
+    raw = RawObject.from_dict(obj, "bench")
+    return raw.ident, raw
 
 
 def load(routes: int) -> ControlPlane:

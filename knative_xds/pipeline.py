@@ -47,8 +47,6 @@ class Pipeline:
         self._has_pending = asyncio.Event()
         self._source_problems: dict[str, list[Problem]] = {}
         self._reported: set[Problem] = set()
-        self.applied = 0
-        self.last_applied: float = 0.0
 
     # -- problems ----------------------------------------------------------------------
 
@@ -84,8 +82,6 @@ class Pipeline:
             )
             snapshot = None
         self._report()
-        self.applied += 1
-        self.last_applied = time.time()
         return Applied(update, snapshot, time.perf_counter() - started, delta.count())
 
     def submit(self, changes: Mapping[Ident, RawObject | None]) -> None:

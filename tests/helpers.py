@@ -36,14 +36,7 @@ def raw(obj: Mapping[str, Any], origin: str = "test.yaml") -> Changes:
     The body is deep-copied so a test editing its dict afterwards cannot reach
     into what the resolver already holds.
     """
-    body = copy.deepcopy(dict(obj))
-    r = RawObject(
-        kind=str(obj["kind"]),
-        api_version=str(obj.get("apiVersion", "")),
-        key=key_of(obj),
-        body=body,
-        origin=origin,
-    )
+    r = RawObject.from_dict(copy.deepcopy(dict(obj)), origin)
     return {r.ident: r}
 
 

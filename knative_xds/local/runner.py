@@ -76,14 +76,7 @@ def slice_object(key: ObjectKey, port: int | None) -> RawObject:
     body = synth.endpoint_slice(
         key.name, ["127.0.0.1"] if port else [], port or 1, namespace=key.namespace, suffix="local"
     )
-    meta = body["metadata"]
-    return RawObject(
-        "EndpointSlice",
-        body["apiVersion"],
-        ObjectKey(meta["namespace"], meta["name"]),
-        body,
-        "local",
-    )
+    return RawObject.from_dict(body, "local")
 
 
 class LocalRevisions:
@@ -159,9 +152,8 @@ class LocalRevisions:
             self._procs.pop(run.key, None)
             raise
         self._ports[run.key] = port
-        self._publish(
-            {("EndpointSlice", slice_object(run.key, port).key): slice_object(run.key, port)}
-        )
+        endpoints = slice_object(run.key, port)
+        self._publish({endpoints.ident: endpoints})
         return port
 
     async def close(self) -> None:

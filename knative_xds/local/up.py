@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import synth
 from ..app import ControlPlane, Settings
 from ..envoy import bootstrap_yaml, require_envoy, start_envoy, wait_ready
-from ..model import ObjectKey, RawObject, State, Visibility
+from ..model import RawObject, State, Visibility
 from ..sources.file import FileBatch, FileSource
 from .activator import LocalActivator
 from .runner import LocalRevisions, slice_object
@@ -26,13 +26,11 @@ from .runner import LocalRevisions, slice_object
 log = logging.getLogger(__name__)
 
 
-def _activator_slice(port: int) -> dict:
-    body = synth.activator_slice("127.0.0.1", port)
-    meta = body["metadata"]
-    key = ObjectKey(meta["namespace"], meta["name"])
-    return {
-        ("EndpointSlice", key): RawObject("EndpointSlice", body["apiVersion"], key, body, "local")
-    }
+def _local_slices(activator_port: int, revisions: LocalRevisions) -> dict:
+    """The EndpointSlices Knative would have: the activator's, and each running revision's."""
+    slices = [RawObject.from_dict(synth.activator_slice("127.0.0.1", activator_port), "local")]
+    slices += [slice_object(key, port) for key, port in revisions.running().items()]
+    return {raw.ident: raw for raw in slices}
 
 
 def where_to_send(state: State, settings: Settings) -> str:
@@ -59,9 +57,9 @@ async def run_up(args: argparse.Namespace, settings: Settings) -> int:
     try:
         source = FileSource(args.path)
         batch = source.read_all()
-        local = _activator_slice(await activator.start())
+        activator_port = await activator.start()
         await revisions.start_all(revisions.observe(batch.changes))
-        local.update({("EndpointSlice", k): v for k, v in _running_slices(revisions).items()})
+        local = _local_slices(activator_port, revisions)
         loaded = plane.load(FileBatch(changes={**batch.changes, **local}, problems=batch.problems))
         for problem in plane.pipeline.problems():
             print(f"problem: {problem}", file=sys.stderr)
@@ -93,14 +91,6 @@ async def run_up(args: argparse.Namespace, settings: Settings) -> int:
         activator.close()
         await plane.stop(0)
     return 0
-
-
-def _running_slices(revisions: LocalRevisions) -> dict[ObjectKey, RawObject]:
-    out = {}
-    for key, port in revisions.running().items():
-        raw = slice_object(key, port)
-        out[raw.key] = raw
-    return out
 
 
 async def _start_envoy(xds_port: int, args: argparse.Namespace):

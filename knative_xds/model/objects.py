@@ -61,6 +61,22 @@ class RawObject:
     body: Mapping[str, Any]
     origin: str = ""
 
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any], origin: str = "") -> RawObject:
+        """An object as `kubectl get -o yaml` prints it; the namespace defaults to `default`.
+
+        The caller has checked it has `kind` and `metadata.name` (the file source
+        reports those that do not).
+        """
+        meta = body["metadata"]
+        return cls(
+            kind=str(body["kind"]),
+            api_version=str(body.get("apiVersion", "")),
+            key=ObjectKey(str(meta.get("namespace") or "default"), str(meta["name"])),
+            body=body,
+            origin=origin,
+        )
+
     @property
     def labels(self) -> Mapping[str, str]:
         """`metadata.labels`; raises ObjectError when it is not a map of strings."""

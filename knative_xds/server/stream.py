@@ -8,6 +8,7 @@ instead of a backlog of superseded versions.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,12 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_TYPES = frozenset(PUSH_ORDER)
 _stream_ids = itertools.count(1)
+
+
+@functools.cache
+def _identity(instance: str) -> base_pb2.ControlPlane:
+    """Who answered, in every response; one message per server instance, not per send."""
+    return base_pb2.ControlPlane(identifier=f"knative-xds/{instance}")
 
 
 class ProtocolError(Exception):
@@ -203,7 +210,7 @@ class Stream:
 
     def _encode(self, out: Outgoing, nonce: str, snapshot: Snapshot) -> bytes:
         """Header fields, then the shared per-resource entries: bytes are never re-serialized."""
-        identity = base_pb2.ControlPlane(identifier=f"knative-xds/{snapshot.instance}")
+        identity = _identity(snapshot.instance)
         if self._delta:
             head = discovery_pb2.DeltaDiscoveryResponse(
                 system_version_info=out.version,

@@ -18,7 +18,7 @@ from typing import Any
 import watchfiles
 import yaml_rs
 
-from ..model import ObjectKey, Problem, RawObject
+from ..model import Problem, RawObject
 from ..model.objects import fingerprint
 from ..model.resolve import KINDS, Ident
 
@@ -115,10 +115,7 @@ def _raw_object(origin: str, index: int, doc: Any) -> tuple[RawObject | None, Pr
             ", ".join(KINDS),
         )
         return None, None
-    key = ObjectKey(str(meta.get("namespace") or "default"), str(meta["name"]))
-    return RawObject(
-        kind=kind, api_version=str(doc.get("apiVersion", "")), key=key, body=doc, origin=origin
-    ), None
+    return RawObject.from_dict(doc, origin), None
 
 
 class FileSource:

@@ -17,7 +17,7 @@ import pytest
 
 from knative_xds import synth
 from knative_xds.app import ControlPlane, Settings
-from knative_xds.model import ObjectKey, RawObject
+from knative_xds.model import RawObject
 from knative_xds.server.stream import Stream
 from knative_xds.translate import GatewayConfig
 
@@ -45,14 +45,9 @@ def raw_objects(*docs: Mapping[str, Any], delete: bool = False) -> dict:
     """Synth dicts as the pipeline's change map: (kind, key) → RawObject, or None to delete."""
     changes: dict = {}
     for doc in docs:
-        meta = doc["metadata"]
-        key = ObjectKey(meta.get("namespace") or "default", meta["name"])
         # A copy, so a test editing its dict afterwards cannot reach into the resolver.
-        body = copy.deepcopy(dict(doc))
-        raw = RawObject(
-            kind=doc["kind"], api_version=doc["apiVersion"], key=key, body=body, origin="test"
-        )
-        changes[(raw.kind, key)] = None if delete else raw
+        raw = RawObject.from_dict(copy.deepcopy(dict(doc)), "test")
+        changes[raw.ident] = None if delete else raw
     return changes
 
 
