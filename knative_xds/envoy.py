@@ -15,6 +15,7 @@ import site
 import sys
 import sysconfig
 import urllib.request
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,35 @@ import yaml
 
 XDS_CLUSTER = "xds"
 ENV_BINARY = "KNATIVE_XDS_ENVOY"
+
+
+class EnvoyStats(StrEnum):
+    """Which stats the gateway Envoy keeps."""
+
+    GATEWAY = "gateway"  # the gateway's own: no per-revision cluster stats
+    ALL = "all"  # Envoy's default: every stat, including ~120 per cluster
+
+
+# Each cluster otherwise allocates well over a hundred stats. Measured with Envoy
+# 1.40 on 2 cores and 10,000 EDS clusters: from the first CDS request to all
+# clusters warm took ~5.2 s with every stat and ~1.2 s with an inclusion list,
+# and Envoy's RSS went from 1,270 MB to 885 MB. Istio's gateways keep an
+# inclusion list by default too. Kept: what an operator of an ingress watches and
+# what does not grow with the number of Routes or revisions: the cluster and
+# listener managers (active/warming clusters, CDS/LDS updates), the server, the
+# few listeners, the ADS connection and its cluster, and the listeners' HTTP
+# connection managers, but not their per-route-table RDS stats
+# (`http.external.rds.<table>.*`, about ten per table, two tables per Route).
+GATEWAY_STATS_PREFIXES = (
+    "cluster_manager.",
+    "listener_manager.",
+    "server.",
+    "listener.",
+    "control_plane.",
+    f"cluster.{XDS_CLUSTER}.",
+)
+# A full match, as every StringMatcher regex is.
+GATEWAY_STATS_REGEX = r"http\.[^.]+\.(downstream_|no_|rq_|rs_|scoped_rds\.).*"
 
 
 def bootstrap(
@@ -33,10 +63,14 @@ def bootstrap(
     admin_address: str = "127.0.0.1",
     admin_port: int = 9901,
     delta: bool = False,
+    stats: EnvoyStats = EnvoyStats.GATEWAY,
 ) -> dict[str, Any]:
-    """An Envoy bootstrap that takes listeners, routes, clusters and endpoints over one ADS stream."""
+    """An Envoy bootstrap that takes listeners, routes, clusters and endpoints over one ADS stream.
+
+    `stats` picks the stats Envoy keeps: the gateway's own (the default), or all of them.
+    """
     ads = {"ads": {}, "resource_api_version": "V3"}
-    return {
+    config: dict[str, Any] = {
         "node": {"id": node_id, "cluster": node_cluster},
         "admin": {"address": _socket(admin_address, admin_port)},
         "dynamic_resources": {
@@ -83,6 +117,11 @@ def bootstrap(
         # Without this Envoy warns on every start; the defaults are what we want.
         "layered_runtime": {"layers": [{"name": "static", "static_layer": {}}]},
     }
+    if EnvoyStats(stats) is EnvoyStats.GATEWAY:
+        patterns: list[dict[str, Any]] = [{"prefix": p} for p in GATEWAY_STATS_PREFIXES]
+        patterns.append({"safe_regex": {"regex": GATEWAY_STATS_REGEX}})
+        config["stats_config"] = {"stats_matcher": {"inclusion_list": {"patterns": patterns}}}
+    return config
 
 
 def _socket(address: str, port: int) -> dict[str, Any]:

@@ -56,10 +56,24 @@ def test_bootstrap_rejects_an_address_without_a_port(capsys):
     assert "HOST:PORT" in capsys.readouterr().err
 
 
+def test_bootstrap_keeps_the_gateway_stats_unless_asked_for_all(capsys):
+    main(["bootstrap", "--xds-address", "127.0.0.1:18000"])
+    default = yaml.safe_load(capsys.readouterr().out)
+    main(["bootstrap", "--xds-address", "127.0.0.1:18000", "--envoy-stats", "all"])
+    every = yaml.safe_load(capsys.readouterr().out)
+    patterns = default["stats_config"]["stats_matcher"]["inclusion_list"]["patterns"]
+    assert {"prefix": "cluster_manager."} in patterns
+    assert "stats_config" not in every
+
+
 @needs_envoy
-@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
-def test_envoy_itself_accepts_the_bootstrap(tmp_path, delta):
-    args = ["bootstrap", "--xds-address", "127.0.0.1:18000"] + (["--delta"] if delta else [])
+@pytest.mark.parametrize(
+    "flags",
+    [[], ["--delta"], ["--envoy-stats", "all"], ["--delta", "--envoy-stats", "all"]],
+    ids=["sotw", "delta", "sotw-all-stats", "delta-all-stats"],
+)
+def test_envoy_itself_accepts_the_bootstrap(tmp_path, flags):
+    args = ["bootstrap", "--xds-address", "127.0.0.1:18000", *flags]
     out = subprocess.run(
         [sys.executable, "-m", "knative_xds.cli", *args], capture_output=True, text=True, check=True
     ).stdout

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import synth
 from ..app import ControlPlane, Settings
-from ..envoy import bootstrap_yaml, require_envoy, start_envoy, wait_ready
+from ..envoy import EnvoyStats, bootstrap_yaml, require_envoy, start_envoy, wait_ready
 from ..model import RawObject, State, Visibility
 from ..sources.file import FileBatch, FileSource
 from .activator import LocalActivator
@@ -98,7 +98,11 @@ async def _start_envoy(xds_port: int, args: argparse.Namespace):
     boot = workdir / "envoy.yaml"
     boot.write_text(
         bootstrap_yaml(
-            xds_host="127.0.0.1", xds_port=xds_port, admin_port=args.admin_port, delta=args.delta
+            xds_host="127.0.0.1",
+            xds_port=xds_port,
+            admin_port=args.admin_port,
+            delta=args.delta,
+            stats=EnvoyStats(args.envoy_stats),
         )
     )
     envoy = await start_envoy(boot, log_path=workdir / "envoy.log")

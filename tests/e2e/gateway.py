@@ -10,7 +10,9 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import socket
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from knative_xds import synth
 from knative_xds.app import ControlPlane, Settings, load_files
-from knative_xds.envoy import admin_get, bootstrap_yaml, start_envoy, wait_ready
+from knative_xds.envoy import EnvoyStats, admin_get, bootstrap_yaml, start_envoy, wait_ready
 from knative_xds.local.echo import bound_port, serve_echo
 from knative_xds.translate import GatewayConfig
 
@@ -70,6 +72,7 @@ def tally(port: int, host: str, n: int) -> Counter:
 class Gateway:
     workdir: Path
     delta: bool = False
+    stats: EnvoyStats = EnvoyStats.GATEWAY
     plane: ControlPlane | None = None
     apps: dict[str, asyncio.Server] = field(default_factory=dict)
     external: int = 0
@@ -117,7 +120,11 @@ class Gateway:
         boot = self.workdir / "envoy.yaml"
         boot.write_text(
             bootstrap_yaml(
-                xds_host="127.0.0.1", xds_port=xds, admin_port=self.admin, delta=self.delta
+                xds_host="127.0.0.1",
+                xds_port=xds,
+                admin_port=self.admin,
+                delta=self.delta,
+                stats=self.stats,
             )
         )
         self._envoy = await start_envoy(boot, log_path=self.workdir / "envoy.log")
@@ -163,11 +170,17 @@ class Gateway:
         await self.wait_until(served, what=f"{host} to reach {revision}")
 
     def envoy_stat(self, name: str) -> int:
-        for line in admin_get(self.admin, f"/stats?filter=^{name}$").splitlines():
+        return self.envoy_stats(f"^{re.escape(name)}$").get(name, 0)
+
+    def envoy_stats(self, pattern: str) -> dict[str, int]:
+        """Envoy's counters and gauges whose names match `pattern` (a regex), by name."""
+        text = admin_get(self.admin, f"/stats?filter={urllib.parse.quote(pattern)}")
+        stats = {}
+        for line in text.splitlines():
             key, _, value = line.partition(": ")
-            if key == name:
-                return int(value)
-        return 0
+            if value.isdigit():
+                stats[key] = int(value)
+        return stats
 
     async def close(self) -> None:
         if self._envoy is not None and self._envoy.returncode is None:
