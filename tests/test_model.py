@@ -547,6 +547,54 @@ def test_a_route_giving_one_host_twice_is_an_error(template: str, traffic: list)
     assert dict(update.state.routes) == {key("other"): OTHER}
 
 
+# With a dot in the tag-template, Route `hello` tagged `v2` answers inside at
+# `v2.hello.default…`, and Route `v2` of namespace `hello` at `v2.hello…`: different
+# hosts, but the internal listener routes on the first two labels (one scope per
+# cluster-local name, translate/scopes.py), so they would need the same scope.
+DOTTED_TAGS = synth.config_map("config-network", {"tag-template": "{{.Tag}}.{{.Name}}"})
+DOTTED_TAG = synth.route("hello", [T("hello-1", 100, tag="v2")])
+SAME_LABELS = synth.route("v2", [T("hello-1", 100)], namespace="hello")
+SAME_LABELS_WORLD = [*base_world(), synth.revision("hello-1", namespace="hello"), DOTTED_TAGS]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(DOTTED_TAG, SAME_LABELS), (SAME_LABELS, DOTTED_TAG)],
+    ids=["tagged-route-first", "plain-route-first"],
+)
+def test_cluster_local_hosts_sharing_their_first_two_labels_conflict_until_the_first_goes(
+    first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    resolver, before = resolve([*SAME_LABELS_WORLD, first])
+    first_key, second_key = ident(first)[1], ident(second)[1]
+    update = resolver.apply(changes(second))
+
+    [problem] = resolver.problems()
+    assert (problem.kind, problem.key, problem.field) == ("Route", str(second_key), "hosts")
+    assert "internal scope 'v2.hello'" in problem.message
+    assert f"route {first_key}" in problem.message and "tag-template" in problem.message
+    # The first keeps serving as it was; the second serves nothing until the conflict goes.
+    assert update.state.routes[first_key] is before.state.routes[first_key]
+    assert second_key not in update.state.routes
+
+    update = resolver.apply(deleted(first))
+    assert resolver.problems() == ()
+    assert set(update.state.routes) == {key("other"), second_key}
+
+
+def test_an_exact_cluster_local_host_conflict_names_the_host() -> None:
+    # Both cluster-local: `hello` tagged `v2` and Route `v2-hello` want `v2-hello.default…`.
+    tagged = synth.route("hello", [T("hello-1", 100, tag="v2")], cluster_local=True)
+    plain = synth.route("v2-hello", [T("hello-2", 100)], cluster_local=True)
+    resolver, update = resolve([*base_world(), tagged, plain])
+    [problem] = resolver.problems()
+    assert (problem.key, problem.field) == ("default/v2-hello", "hosts")
+    assert problem.message == (
+        "host 'v2-hello.default.svc.cluster.local' is already served by route default/hello"
+    )
+    assert set(update.state.routes) == {key("other"), HELLO}
+
+
 def test_a_persistent_host_conflict_costs_nothing_on_unrelated_updates(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -37,24 +37,34 @@ ScopedRouteConfiguration = scoped_route_pb2.ScopedRouteConfiguration
 KeyBuilder = hcm.ScopedRoutes.ScopeKeyBuilder
 
 
-def want_key_builder(fragments: int) -> KeyBuilder:
-    # The Host header with any port cut off (`host:8080` → `host`), `fragments` times.
-    host = KeyBuilder.FragmentBuilder(
+def extract(**kwargs: Any) -> KeyBuilder.FragmentBuilder:
+    return KeyBuilder.FragmentBuilder(
         header_value_extractor=KeyBuilder.FragmentBuilder.HeaderValueExtractor(
-            name=":authority", element_separator=":", index=0
+            name=":authority", **kwargs
         )
     )
-    return KeyBuilder(fragments=[host] * fragments)
 
 
-def want_listener(name: str, port: int, fragments: int) -> listener_pb2.Listener:
+# The Host header, its port already stripped by the connection manager: external keys
+# are the whole host; internal keys its first two DNS labels (`name`, `namespace`).
+KEY_BUILDERS = {
+    "external": KeyBuilder(fragments=[extract(index=0)]),
+    "internal": KeyBuilder(
+        fragments=[extract(element_separator=".", index=0), extract(element_separator=".", index=1)]
+    ),
+}
+
+
+def want_listener(name: str, port: int) -> listener_pb2.Listener:
     manager = hcm.HttpConnectionManager(
         stat_prefix=name,
         codec_type=hcm.HttpConnectionManager.AUTO,
+        # `host:port` reaches the scope key and route matching as `host`.
+        strip_any_host_port=True,
         # Scopes (SRDS) and the tables they name (RDS) both come over ADS.
         scoped_routes=hcm.ScopedRoutes(
             name=name,
-            scope_key_builder=want_key_builder(fragments),
+            scope_key_builder=KEY_BUILDERS[name],
             rds_config_source=ads(),
             scoped_rds=hcm.ScopedRds(scoped_rds_config_source=ads()),
         ),
@@ -84,14 +94,14 @@ def want_listener(name: str, port: int, fragments: int) -> listener_pb2.Listener
 
 
 @pytest.mark.parametrize(
-    ("name", "port", "fragments"),
-    [("external", 8080, 1), ("internal", 8081, 2)],
-    ids=["external-1-fragment-keys", "internal-2-fragment-keys"],
+    ("name", "port"),
+    [("external", 8080), ("internal", 8081)],
+    ids=["external-host-keys", "internal-first-two-labels-keys"],
 )
-def test_listener_scoped_routes_over_ads_and_websocket(name: str, port: int, fragments: int):
+def test_listener_scoped_routes_over_ads_and_websocket(name: str, port: int):
     gateway = translated()
     got = gateway.get(LISTENER, name, listener_pb2.Listener)
-    assert_proto_equal(got, want_listener(name, port, fragments))
+    assert_proto_equal(got, want_listener(name, port))
     # Scopes are one wildcard set, not named by the listener: nothing to wait for.
     assert gateway.resources[LISTENER][name].refs == frozenset()
 
@@ -140,7 +150,8 @@ def test_no_external_key_can_match_an_internal_scope() -> None:
         for n in gateway.names(SCOPED_ROUTE)
     }
     per_listener = Counter(n.split("/")[0] for n in scopes)
-    assert per_listener == {"external": 3, "internal": 15}  # both kinds present
+    # Both kinds present: one external scope per public host, one internal per rule.
+    assert per_listener == {"external": 3, "internal": 5}
     for name, scope in scopes.items():
         listener = name.split("/")[0]
         assert len(scope.key.fragments) == built[listener], name
@@ -150,8 +161,9 @@ def test_no_external_key_can_match_an_internal_scope() -> None:
     # Envoy rejects a scope set holding one key twice.
     keys = [tuple(f.string_key for f in s.key.fragments) for s in scopes.values()]
     assert len(set(keys)) == len(keys)
-    cluster_local = {k[0] for k in keys if "grpc" in k[0]}
-    assert cluster_local and not any(len(k) == 1 and k[0] in cluster_local for k in keys)
+    # The cluster-local Route `grpc` (tagged `stable`) has internal keys only.
+    grpc = {k for k in keys if "grpc" in k[0]}
+    assert grpc == {("grpc", "default"), ("stable-grpc", "default")}
 
 
 # -- determinism ---------------------------------------------------------------------------------
@@ -246,10 +258,6 @@ def loaded(request: pytest.FixtureRequest) -> Gateway:
     return translated(*many_routes(request.param))
 
 
-# Route r7's hosts: a main and a tag host, each once external and three times internal.
-R7_HOSTS = 2 * (1 + 3)
-
-
 def test_one_split_edit_rebuilds_one_routes_tables_only(
     loaded: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -286,19 +294,15 @@ def test_one_tag_rename_sends_only_that_routes_changes(
     work = work_done(
         loaded, monkeypatch, synth.route("r8", [T("r8-a", 50), T("r8-b", 50, tag="c")])
     )
-    # Only the new tag host's scopes are built; the main host's are kept.
-    new_tag_hosts = R7_HOSTS // 2
-    assert work.stats == Stats(
-        routes_translated=1, route_tables_built=2, scopes_built=new_tag_hosts
-    )
-    old = {"external/b-r8.default.example.com"} | {
-        f"internal/b-r8.default{s}" for s in ("", ".svc", ".svc.cluster.local")
-    }
-    new = {n.replace("b-r8", "c-r8") for n in old}
+    # Only the new tag's scopes are built (its external host, its cluster-local name);
+    # the main host's are kept.
+    old = {"external/b-r8.default.example.com", "internal/b-r8.default"}
+    new = {"external/c-r8.default.example.com", "internal/c-r8.default"}
+    assert work.stats == Stats(routes_translated=1, route_tables_built=2, scopes_built=len(new))
     assert loaded.removed == {SCOPED_ROUTE: old}
     assert work.touched == {
         ROUTE: {"external/default/r8", "internal/default/r8"},
         SCOPED_ROUTE: old | new,
     }
-    assert work.serialized == 2 + new_tag_hosts
+    assert work.serialized == 2 + len(new)
     assert CLUSTER not in work.touched

@@ -1,11 +1,13 @@
 """Route tables and scopes, compared as whole Envoy messages.
 
 Each Knative Route gets its own RouteConfiguration per listener it has hosts on,
-`<listener>/<namespace>/<route>`, and one ScopedRouteConfiguration per host,
-`<listener>/<host>`, keyed by the host (one fragment on the external listener,
-two on the internal one) and naming that table. Inputs are Knative objects run
-through the Resolver; expected messages are spelled out here, not taken from
-the code under test.
+`<listener>/<namespace>/<route>`, and ScopedRouteConfigurations naming that
+table: on the external listener one per host, `external/<host>`, keyed by the
+host (one fragment); on the internal one, one per cluster-local name,
+`internal/<name>.<namespace>`, keyed by those two labels (two fragments), which
+all three of its hosts start with. Inputs are Knative objects run through the
+Resolver; expected messages are spelled out here, not taken from the code under
+test.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from tests.helpers import as_bytes, assert_proto_equal, changes, deleted, transl
 T = synth.target
 NS = "default"
 ACTIVATOR = synth.activator_slice("10.1.0.1", 8012, 8013)
-# Key fragments per listener: what keeps a scope from ever matching on the other listener.
-FRAGMENTS = {"external": 1, "internal": 2}
 
 
 # -- expected messages -------------------------------------------------------------------------
@@ -89,17 +89,26 @@ def vhost(route: str, hosts: list[str], *routes: rc.Route, ns: str = NS) -> rc.V
     )
 
 
-def want_scope(listener: str, host: str, table: str) -> scoped_route_pb2.ScopedRouteConfiguration:
-    key = scoped_route_pb2.ScopedRouteConfiguration.Key
-    return scoped_route_pb2.ScopedRouteConfiguration(
-        name=f"{listener}/{host}",
+def want_scope(listener: str, key: str, table: str) -> scoped_route_pb2.ScopedRouteConfiguration:
+    """External `key`: a host, one fragment. Internal: `name.namespace`, two fragments."""
+    fragments = [key] if listener == "external" else key.split(".")
+    msg = scoped_route_pb2.ScopedRouteConfiguration
+    return msg(
+        name=f"{listener}/{key}",
         route_configuration_name=table,
-        key=key(fragments=[key.Fragment(string_key=host)] * FRAGMENTS[listener]),
+        key=msg.Key(fragments=[msg.Key.Fragment(string_key=f) for f in fragments]),
     )
 
 
 def hosts_of(vhosts: list[rc.VirtualHost]) -> list[str]:
     return [d for v in vhosts for d in v.domains if not d.endswith(":*")]
+
+
+def scope_keys(listener: str, vhosts: list[rc.VirtualHost]) -> list[str]:
+    """External: every host. Internal: each virtual host's short name, `name.namespace`."""
+    if listener == "external":
+        return hosts_of(vhosts)
+    return [hosts_of([v])[-1] for v in vhosts]
 
 
 def clusters_of(vhosts: list[rc.VirtualHost]) -> set[str]:
@@ -274,17 +283,20 @@ def test_route_tables(case: Tables) -> None:
 
 
 @pytest.mark.parametrize("case", TABLES.values(), ids=TABLES.keys())
-def test_one_scope_per_host_names_its_routes_table(case: Tables) -> None:
+def test_one_scope_per_public_host_and_per_cluster_local_name_names_its_routes_table(
+    case: Tables,
+) -> None:
     gateway = translated(*world(), *case.objects)
     want = {
-        f"{table.split('/')[0]}/{host}": (table.split("/")[0], host, table)
+        f"{listener}/{key}": (listener, key, table)
         for table, vhosts in case.want.items()
-        for host in hosts_of(vhosts)
+        for listener in [table.split("/")[0]]
+        for key in scope_keys(listener, vhosts)
     }
     assert gateway.names(SCOPED_ROUTE) == set(want)
-    for name, (listener, host, table) in want.items():
+    for name, (listener, key, table) in want.items():
         got = gateway.get(SCOPED_ROUTE, name, scoped_route_pb2.ScopedRouteConfiguration)
-        assert_proto_equal(got, want_scope(listener, host, table))
+        assert_proto_equal(got, want_scope(listener, key, table))
         assert gateway.resources[SCOPED_ROUTE][name].refs == {table}
 
 
@@ -298,14 +310,12 @@ def test_scopes_spelled_out_for_a_public_route() -> None:
             route_configuration_name="external/default/hello",
             key=scope.Key(fragments=[frag(string_key="hello.default.example.com")]),
         ),
-        **{
-            f"internal/{h}": scope(
-                name=f"internal/{h}",
-                route_configuration_name="internal/default/hello",
-                key=scope.Key(fragments=[frag(string_key=h), frag(string_key=h)]),
-            )
-            for h in ("hello.default.svc.cluster.local", "hello.default.svc", "hello.default")
-        },
+        # One for `hello.default`, `hello.default.svc` and `hello.default.svc.cluster.local`.
+        "internal/hello.default": scope(
+            name="internal/hello.default",
+            route_configuration_name="internal/default/hello",
+            key=scope.Key(fragments=[frag(string_key="hello"), frag(string_key="default")]),
+        ),
     }
     assert gateway.names(SCOPED_ROUTE) == set(want)
     for name, message in want.items():
@@ -323,7 +333,31 @@ def test_cluster_local_route_has_no_external_table_or_scope() -> None:
         gateway.get(SCOPED_ROUTE, n, scoped_route_pb2.ScopedRouteConfiguration).key
         for n in gateway.names(SCOPED_ROUTE)
     ]
-    assert len(keys) == 6 and all(len(k.fragments) == 2 for k in keys)
+    assert sorted(tuple(f.string_key for f in k.fragments) for k in keys) == [
+        ("hello", "default"),
+        ("v1-hello", "default"),
+    ]
+
+
+def test_tag_names_of_one_route_that_share_their_first_two_labels_share_one_scope() -> None:
+    # A tag-template with dots makes `hello.t.v1` and `hello.t.v2`: both start with
+    # `hello.t`, and both live in the Route's one internal table.
+    config = synth.config_map("config-network", {"tag-template": "{{.Name}}.t.{{.Tag}}"})
+    route = synth.route("hello", [T("hello-1", 50, tag="v1"), T("hello-2", 50, tag="v2")])
+    gateway = translated(*world(), config, route)
+    internal = {n for n in gateway.names(SCOPED_ROUTE) if n.startswith("internal/")}
+    assert internal == {"internal/hello.default", "internal/hello.t"}
+    for key in ("hello.default", "hello.t"):
+        got = gateway.get(
+            SCOPED_ROUTE, f"internal/{key}", scoped_route_pb2.ScopedRouteConfiguration
+        )
+        assert_proto_equal(got, want_scope("internal", key, INT))
+    table = gateway.get(ROUTE, INT, route_pb2.RouteConfiguration)
+    assert hosts_of(list(table.virtual_hosts)) == [
+        *svc("hello"),
+        *svc("hello.t.v1"),
+        *svc("hello.t.v2"),
+    ]
 
 
 def test_route_action_has_timeout_zero_and_no_retries() -> None:
@@ -340,8 +374,8 @@ def test_route_action_has_timeout_zero_and_no_retries() -> None:
 # -- edits ---------------------------------------------------------------------------------------
 
 
-def scope_names(listener_hosts: dict[str, list[str]]) -> set[str]:
-    return {f"{listener}/{h}" for listener, hosts in listener_hosts.items() for h in hosts}
+def scope_names(listener_keys: dict[str, list[str]]) -> set[str]:
+    return {f"{listener}/{k}" for listener, keys in listener_keys.items() for k in keys}
 
 
 def test_deleting_a_route_removes_its_tables_scopes_clusters_and_endpoints() -> None:
@@ -351,7 +385,7 @@ def test_deleting_a_route_removes_its_tables_scopes_clusters_and_endpoints() -> 
     gateway.apply(doomed, delete=True)
     b_hosts = {
         "external": ["b.default.example.com", "v2-b.default.example.com"],
-        "internal": [*svc("b"), *svc("v2-b")],
+        "internal": ["b.default", "v2-b.default"],
     }
     assert gateway.removed == {
         ROUTE: {"external/default/b", "internal/default/b"},
@@ -360,7 +394,7 @@ def test_deleting_a_route_removes_its_tables_scopes_clusters_and_endpoints() -> 
         ENDPOINT: {"default/hello-2"},
     }
     assert gateway.names(ROUTE) == {"external/default/a", "internal/default/a"}
-    a_hosts = {"external": ["a.default.example.com"], "internal": svc("a")}
+    a_hosts = {"external": ["a.default.example.com"], "internal": ["a.default"]}
     assert gateway.names(SCOPED_ROUTE) == scope_names(a_hosts)
     assert gateway.names(CLUSTER) == gateway.names(ENDPOINT) == {"default/hello-1"}
 
@@ -368,11 +402,13 @@ def test_deleting_a_route_removes_its_tables_scopes_clusters_and_endpoints() -> 
 def test_renaming_a_tag_replaces_the_tag_hosts_scopes() -> None:
     gateway = translated(*world(), synth.route("hello", [T("hello-1", 100, tag="v1")]))
     touched = gateway.apply(synth.route("hello", [T("hello-1", 100, tag="v2")]))
-    old = scope_names({"external": ["v1-hello.default.example.com"], "internal": svc("v1-hello")})
-    new = scope_names({"external": V2_EXT, "internal": svc("v2-hello")})
+    old = scope_names(
+        {"external": ["v1-hello.default.example.com"], "internal": ["v1-hello.default"]}
+    )
+    new = scope_names({"external": V2_EXT, "internal": ["v2-hello.default"]})
     assert gateway.removed == {SCOPED_ROUTE: old}
     assert touched == {ROUTE: {EXT, INT}, SCOPED_ROUTE: old | new}
-    main = scope_names({"external": HELLO_EXT, "internal": svc("hello")})
+    main = scope_names({"external": HELLO_EXT, "internal": ["hello.default"]})
     assert gateway.names(SCOPED_ROUTE) == main | new
     assert_proto_equal(
         gateway.get(ROUTE, EXT, route_pb2.RouteConfiguration),

@@ -123,3 +123,16 @@ def cluster_local_hosts(name: str, namespace: str) -> tuple[str, ...]:
     """A Route's in-cluster names, as Knative's cluster-local gateway answers them."""
     base = f"{name}.{namespace}"
     return (f"{base}.svc.cluster.local", f"{base}.svc", base)
+
+
+def cluster_local_key(host: str) -> tuple[str, str]:
+    """The first two DNS labels of a cluster-local host: what the internal listener routes on.
+
+    Knative names and namespaces are DNS labels, so for all three forms of one
+    name (`name.ns`, `name.ns.svc`, `name.ns.svc.cluster.local`) it is
+    `(name, ns)` and one scope serves them (translate/scopes.py). A tag-template
+    that puts a dot in a tagged name can make two Routes give the same key;
+    one scope cannot serve both, so the resolver claims cluster-local hosts by it.
+    """
+    first, second = host.split(".", 2)[:2]
+    return (first, second)

@@ -15,6 +15,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
+
+from immutables import Map
 
 from . import network as net
 from .objects import (
@@ -55,6 +58,7 @@ KINDS = (ROUTE, REVISION, CONFIGURATION, ENDPOINT_SLICE, CONFIG_MAP)
 NETWORK_CONFIG_MAPS = ("config-domain", "config-network")
 
 Ident = tuple[str, ObjectKey]
+# A claim on a host, held by one Route at a time (`_claim`).
 HostKey = tuple[Visibility, str]
 
 _PARSERS = {
@@ -143,9 +147,10 @@ class Resolver:
         if activator_dirty:
             activator_dirty = self._refresh_activator()
         if changed_routes or changed_pods or activator_dirty:
+            last = self._state
             self._state = State(
-                routes=self._routes,
-                pods=self._pods,
+                routes=_carry(last.routes, self._routes, changed_routes),
+                pods=_carry(last.pods, self._pods, changed_pods),
                 activator=self._activator,
                 activator_mode=self._mode,
             )
@@ -329,6 +334,7 @@ class Resolver:
         # Rule order (a Route's main public host first) decides which conflict is named.
         wanted = [(rule.visibility, h) for rule in route.rules for h in rule.hosts]
         seen: set[HostKey] = set()
+        claims: dict[HostKey, str] = {}  # claim → the first host that makes it
         for vis_host in wanted:
             # A tag-template without {{.Tag}} (Knative accepts one) gives a tag the main
             # host; Envoy rejects a whole route table holding a domain twice.
@@ -337,15 +343,26 @@ class Resolver:
                     "hosts", f"host {vis_host[1]!r} is given twice: check the tag-template"
                 )
             seen.add(vis_host)
-            owner = self._host_owner.get(vis_host)
+            claims.setdefault(_claim(vis_host), vis_host[1])
+        for claim, host in claims.items():
+            owner = self._host_owner.get(claim)
             if owner is not None and owner != route.key and owner in self._routes:
-                raise ObjectError(
-                    "hosts", f"host {vis_host[1]!r} is already served by route {owner}"
-                )
-        self._release_hosts(route.key, keep=set(wanted))
-        self._hosts_of[route.key] = set(wanted)
-        for vis_host in wanted:
-            self._host_owner[vis_host] = route.key
+                raise ObjectError("hosts", self._conflict(claim, host, owner))
+        self._release_hosts(route.key, keep=set(claims))
+        self._hosts_of[route.key] = set(claims)
+        for claim in claims:
+            self._host_owner[claim] = route.key
+
+    def _conflict(self, claim: HostKey, host: str, owner: ObjectKey) -> str:
+        visibility = claim[0]
+        held = self._routes[owner]
+        if any(host in r.hosts for r in held.rules if r.visibility is visibility):
+            return f"host {host!r} is already served by route {owner}"
+        return (
+            f"cluster-local host {host!r} would share the internal scope {claim[1]!r} of"
+            f" route {owner} (a cluster-local scope is a host's first two labels):"
+            " check the tag-template"
+        )
 
     def _release_hosts(self, key: ObjectKey, keep: set[HostKey] | None = None) -> None:
         """Free the hosts `key` holds (but `keep`), through its own index: scanning every
@@ -428,6 +445,16 @@ class Resolver:
         return changed
 
 
+def _claim(vis_host: HostKey) -> HostKey:
+    """What a host takes from every other Route: an external host itself; a cluster-local
+    host, its first two labels, which pick its scope on the internal listener
+    (`net.cluster_local_key`). A Route's own hosts may share one."""
+    visibility, host = vis_host
+    if visibility is Visibility.CLUSTER_LOCAL:
+        return (visibility, ".".join(net.cluster_local_key(host)))
+    return vis_host
+
+
 def read_kept(kept: net.NetworkConfig, config: net.NetworkConfig, name: str) -> net.NetworkConfig:
     """Carry over the fields one ConfigMap controls from its last good reading."""
     if name == "config-domain":
@@ -438,3 +465,18 @@ def read_kept(kept: net.NetworkConfig, config: net.NetworkConfig, name: str) -> 
         tag_template=kept.tag_template,
         tag_header_routing=kept.tag_header_routing,
     )
+
+
+def _carry(last: Map, now: Mapping[ObjectKey, Any], changed: Iterable[ObjectKey]) -> Map:
+    """The last published map with only the `changed` keys brought up to `now`.
+
+    Copying every Route into each State would make a one-Route edit O(all routes).
+    """
+    with last.mutate() as out:
+        for key in changed:
+            value = now.get(key)
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = value
+        return out.finish()

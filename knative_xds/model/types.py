@@ -11,7 +11,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
+
+from immutables import Map
 
 
 class Visibility(enum.Enum):
@@ -118,8 +119,10 @@ class ActivatorEndpoints:
         return self.h2c if protocol is Protocol.H2C else self.http
 
 
-def _frozen_map(value: Mapping) -> Mapping:
-    return MappingProxyType(dict(value))
+def _frozen_map(value: Mapping) -> Map:
+    # A persistent map: the resolver derives each State from the last by setting only
+    # what changed, sharing the rest, so an edit does not copy every Route.
+    return value if isinstance(value, Map) else Map(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,8 @@ def connection_manager(name: str, visibility: Visibility) -> hcm.HttpConnectionM
         stat_prefix=name,
         # AUTO accepts HTTP/1.1 and prior-knowledge HTTP/2, so gRPC clients work end to end.
         codec_type=hcm.HttpConnectionManager.AUTO,
+        # `host:port` → `host` before the scope key is built and routes match (scopes.py).
+        strip_any_host_port=True,
         # The Host header picks a scope, the scope names one Route's table (scopes.py).
         scoped_routes=hcm.ScopedRoutes(
             name=name,

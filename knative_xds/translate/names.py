@@ -20,8 +20,11 @@ def route_table_name(visibility: Visibility, route: ObjectKey) -> str:
     return f"{LISTENER_FOR[visibility]}/{route.namespace}/{route.name}"
 
 
-def scope_name(visibility: Visibility, host: str) -> str:
-    return f"{LISTENER_FOR[visibility]}/{host}"
+def scope_name(visibility: Visibility, key: tuple[str, ...]) -> str:
+    """`<listener>/<key>`, the scope key's fragments joined by dots: `external/<host>`,
+    `internal/<name>.<namespace>` (scopes.py). Unique per listener, as its keys are:
+    internal fragments are DNS labels, which hold no dot."""
+    return f"{LISTENER_FOR[visibility]}/{'.'.join(key)}"
 
 
 def virtual_host_name(route: ObjectKey, host: str) -> str:

@@ -1,16 +1,26 @@
 """Scoped routes: which Route's route table answers a host, chosen by the Host header.
 
 Each listener picks a route table per request from a scope key built out of the
-Host (`:authority`) header, port stripped. One scope per host points at the
-owning Route's own route table, so editing a Route changes one small table:
-Envoy re-applies only that, not every virtual host of the gateway (DESIGN.md
-measured ~42 ms per push for one table of 5,000 hosts).
+Host (`:authority`) header. Both listeners strip any port from it first
+(`strip_any_host_port`, listeners.py), before the key is built and before route
+matching, so `host:8080` finds the scope and virtual host of `host`. A scope
+points at the owning Route's own route table, so editing a Route changes one
+small table: Envoy re-applies only that, not every virtual host of the gateway
+(DESIGN.md measured ~42 ms per push for one table of 5,000 hosts).
+
+- External listener: a 1-fragment key, the whole host. One scope per host.
+- Internal listener: a 2-fragment key, the host's first two DNS labels, i.e.
+  `(name, namespace)` for all three cluster-local forms (`name.ns`,
+  `name.ns.svc`, `name.ns.svc.cluster.local`). One scope per cluster-local
+  rule, not per host. A host that merely shares the two labels
+  (`name.ns.bogus`) reaches the scope, then finds no virtual host in the
+  Route's table (its domains are exact) and gets a 404. The resolver claims
+  cluster-local hosts by this key, so no two Routes ever want one scope.
 
 Scopes arrive over SRDS as one wildcard set, and each listener receives all of
-them. To keep cluster-local hosts off the external listener, the two listeners
-build keys of different lengths: external keys have one fragment (the host),
-internal keys two (the host, repeated). A key only matches a key of the same
-length, so a scope can only ever match on its own listener.
+them. What keeps cluster-local hosts off the external listener is the key
+length: a key only matches a key with as many fragments, and the external
+listener builds one fragment, internal scopes have two.
 """
 
 from __future__ import annotations
@@ -21,32 +31,38 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from ..model import Visibility
+from ..model.network import cluster_local_key
 from ..resources import Resource
 from .names import scope_name
 
-_FRAGMENTS = {Visibility.EXTERNAL: 1, Visibility.CLUSTER_LOCAL: 2}
-_HOST = hcm.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder(
-    header_value_extractor=hcm.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder.HeaderValueExtractor(
-        name=":authority", element_separator=":", index=0
-    )
-)
+_Fragment = hcm.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder
+_Extractor = _Fragment.HeaderValueExtractor
+
+# The port is already stripped (listeners.py): the whole header is the host.
+_HOST = [_Fragment(header_value_extractor=_Extractor(name=":authority", index=0))]
+_FIRST_TWO_LABELS = [
+    _Fragment(header_value_extractor=_Extractor(name=":authority", element_separator=".", index=i))
+    for i in (0, 1)
+]
+_FRAGMENTS = {Visibility.EXTERNAL: _HOST, Visibility.CLUSTER_LOCAL: _FIRST_TWO_LABELS}
 
 
 def key_builder(visibility: Visibility) -> hcm.ScopedRoutes.ScopeKeyBuilder:
-    return hcm.ScopedRoutes.ScopeKeyBuilder(fragments=[_HOST] * _FRAGMENTS[visibility])
+    return hcm.ScopedRoutes.ScopeKeyBuilder(fragments=_FRAGMENTS[visibility])
 
 
-def scope_key(visibility: Visibility, host: str) -> scoped_route_pb2.ScopedRouteConfiguration.Key:
-    fragment = scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=host)
-    return scoped_route_pb2.ScopedRouteConfiguration.Key(
-        fragments=[fragment] * _FRAGMENTS[visibility]
-    )
+def scope_key(visibility: Visibility, host: str) -> tuple[str, ...]:
+    """What the listener's key builder makes of a request for `host` (any port)."""
+    if visibility is Visibility.EXTERNAL:
+        return (host,)
+    return cluster_local_key(host)
 
 
-def scope_resource(visibility: Visibility, host: str, route_table: str) -> Resource:
+def scope_resource(visibility: Visibility, key: tuple[str, ...], route_table: str) -> Resource:
+    key_msg = scoped_route_pb2.ScopedRouteConfiguration.Key
     msg = scoped_route_pb2.ScopedRouteConfiguration(
-        name=scope_name(visibility, host),
+        name=scope_name(visibility, key),
         route_configuration_name=route_table,
-        key=scope_key(visibility, host),
+        key=key_msg(fragments=[key_msg.Fragment(string_key=f) for f in key]),
     )
     return Resource.of(msg, name=msg.name, refs=(route_table,))

@@ -18,7 +18,7 @@ from .endpoints import choose_endpoints, endpoints_resource
 from .listeners import listener_resource
 from .names import LISTENER_FOR, cluster_name, route_table_name, scope_name
 from .routes import route_tables
-from .scopes import scope_resource
+from .scopes import scope_key, scope_resource
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +107,7 @@ class Translator:
         before = self._route_resources.pop(key, {})
         after = self._build(route, before) if route is not None else {}
         for ident in before.keys() - after.keys():
-            # A host's scope can pass to another Route in the same update; when that
+            # A scope can pass to another Route in the same update; when that
             # Route came first, the scope it set must stay.
             if delta.changes.get(ident[0], {}).get(ident[1]) is None:
                 delta.remove(*ident)
@@ -132,14 +132,17 @@ class Translator:
             self.stats.route_tables_built += 1
         for rule in route.rules:
             table = route_table_name(rule.visibility, route.key)
-            for host in rule.hosts:
-                ident = (SCOPED_ROUTE, scope_name(rule.visibility, host))
+            # One scope per key: a cluster-local rule's three hosts share one (scopes.py).
+            for key in dict.fromkeys(scope_key(rule.visibility, h) for h in rule.hosts):
+                ident = (SCOPED_ROUTE, scope_name(rule.visibility, key))
+                if ident in out:
+                    continue
                 kept = before.get(ident)
-                # A scope is its host and its table: a split edit leaves it as it was.
+                # A scope is its key and its table: a split edit leaves it as it was.
                 if kept is not None and kept.refs == {table}:
                     out[ident] = kept
                     continue
-                out[ident] = scope_resource(rule.visibility, host, table)
+                out[ident] = scope_resource(rule.visibility, key, table)
                 self.stats.scopes_built += 1
         return out
 

@@ -48,7 +48,10 @@ async def test_a_tag_host_reaches_only_its_revision_and_a_zero_percent_target_ge
     assert tagged == {"hello-00002": 300}
 
 
-async def test_a_cluster_local_route_is_404_outside_and_served_inside(gateway):
+API_NAMES = ("api.default", "api.default.svc", "api.default.svc.cluster.local")
+
+
+async def cluster_local_api(gateway) -> None:
     port = await gateway.app("api-00001")
     await gateway.start(
         [
@@ -59,13 +62,29 @@ async def test_a_cluster_local_route_is_404_outside_and_served_inside(gateway):
     )
     await gateway.wait_served("api.default.svc.cluster.local", "api-00001", internal=True)
 
-    outside = await gateway.get("api.default.svc.cluster.local")
-    by_short_name = await gateway.get("api.default", internal=True)
-    with_port = await gateway.get("api.default.svc:8081", internal=True)
 
-    assert outside.status == 404
-    assert by_short_name.revision == "api-00001"
-    assert with_port.revision == "api-00001"
+async def test_a_cluster_local_route_answers_inside_at_its_three_names_with_any_port(gateway):
+    await cluster_local_api(gateway)
+    # One scope keyed by the first two labels serves all three names. The key is built
+    # after the port is stripped: `api.default:8081` would otherwise give `default:8081`.
+    hosts = [*API_NAMES, *(f"{h}:{p}" for h in API_NAMES for p in (gateway.internal, 1234))]
+
+    inside = {h: (await gateway.get(h, internal=True)).revision for h in hosts}
+
+    assert inside == dict.fromkeys(hosts, "api-00001")
+
+
+async def test_a_cluster_local_route_is_404_outside_and_for_names_only_starting_like_it(gateway):
+    await cluster_local_api(gateway)
+    outside_hosts = [*API_NAMES, *(f"{h}:{gateway.external}" for h in API_NAMES)]
+
+    outside = {h: (await gateway.get(h)).status for h in outside_hosts}
+    # Same first two labels, so the same scope; but the Route's table has no such host.
+    lookalike = await gateway.get("api.default.bogus", internal=True)
+    lookalike_with_port = await gateway.get(f"api.default.bogus:{gateway.internal}", internal=True)
+
+    assert outside == dict.fromkeys(outside_hosts, 404)
+    assert (lookalike.status, lookalike_with_port.status) == (404, 404)
 
 
 async def test_a_public_route_also_answers_at_its_cluster_local_names_inside(gateway):
@@ -74,10 +93,23 @@ async def test_a_public_route_also_answers_at_its_cluster_local_names_inside(gat
     await gateway.wait_served(HELLO, "hello-00001")
 
     inside = await gateway.get("hello.default.svc.cluster.local", internal=True)
+    # It starts with `hello.default` too, reaching the Route's internal table: no such host.
     external_host_inside = await gateway.get(HELLO, internal=True)
 
     assert inside.revision == "hello-00001"
     assert external_host_inside.status == 404
+
+
+async def test_a_public_host_with_a_port_answers_and_reaches_the_app_without_it(gateway):
+    hello = await gateway.ready_revisions("hello-00001")
+    await gateway.start([s.route("hello", [s.target("hello-00001", 100)]), *hello])
+    await gateway.wait_served(HELLO, "hello-00001")
+
+    replies = [await gateway.get(f"{HELLO}:{p}") for p in (gateway.external, 1234)]
+
+    assert [r.revision for r in replies] == ["hello-00001", "hello-00001"]
+    # The gateway strips the port before it picks a scope, and forwards the host so.
+    assert [r.headers["host"] for r in replies] == [HELLO, HELLO]
 
 
 async def test_split_headers_overwrite_what_the_client_sent(gateway):

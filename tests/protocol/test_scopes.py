@@ -1,4 +1,5 @@
-"""Scoped routes (SRDS): one scope per host, naming its Route's own route table.
+"""Scoped routes (SRDS): one scope per public host and one per cluster-local name,
+each naming its Route's own route table.
 
 SRDS is a wildcard, full-state type like LDS and CDS: a SotW response carries
 every scope, a Delta one what changed. Scopes go out after listeners and before
@@ -34,15 +35,9 @@ HELLO, OTHER, LATER = cluster("hello-1"), cluster("other-1"), cluster("later-1")
 
 
 def scopes(route: str) -> list[str]:
-    """The scopes of a public Route in the default namespace: one per host, sorted."""
-    return sorted(
-        [
-            f"external/{route}.default.example.com",
-            f"internal/{route}.default",
-            f"internal/{route}.default.svc",
-            f"internal/{route}.default.svc.cluster.local",
-        ]
-    )
+    """The scopes of a public Route in the default namespace, sorted: one for its host,
+    one for its three cluster-local hosts (`<route>.default`, `.svc`, `.svc.cluster.local`)."""
+    return [f"external/{route}.default.example.com", f"internal/{route}.default"]
 
 
 async def subscribe_everything(client) -> None:
@@ -66,7 +61,7 @@ async def test_sotw_scopes_response_carries_every_scope_each_naming_its_routes_t
     assert sorted(names_in(response)) == sorted(scopes("hello") + scopes("other"))
     named = {n: m.route_configuration_name for n, m in messages_in(response).items()}
     assert named["external/hello.default.example.com"] == "external/default/hello"
-    assert named["internal/hello.default.svc"] == "internal/default/hello"
+    assert named["internal/hello.default"] == "internal/default/hello"
     assert tables_named(response) == sorted(HELLO_TABLES + tables("other"))
 
 
@@ -134,7 +129,7 @@ async def test_one_publish_touching_listeners_scopes_and_tables_sends_them_in_th
     )
     table = extra_table(HELLO)
     delta.set(table)
-    delta.set(scope_resource(Visibility.EXTERNAL, "extra.example.com", table.name))
+    delta.set(scope_resource(Visibility.EXTERNAL, ("extra.example.com",), table.name))
 
     assert harness.plane.cache.apply(delta) is not None
 
