@@ -24,21 +24,21 @@ from knative_xds import synth as s
 from knative_xds.app import ControlPlane, load_files
 from knative_xds.resources import ROUTE, content_hash
 
-from .clients import Client, connected
+from .clients import Client, connected, envoy_names
 from .common import print_table, route_name, route_objects, write_atomically
 
 
 class Tracking(Client):
     """A client that remembers the content hash of every route table it was sent."""
 
-    def __init__(self, node: str) -> None:
-        super().__init__(node)
+    def __init__(self, node: str, names) -> None:
+        super().__init__(node, names)
         self.tables: dict[str, str] = {}
         self.responses = 0
 
-    def on_route(self, resp) -> None:
+    def on_route(self, head) -> None:
         self.responses += 1
-        for packed in resp.resources:
+        for packed in head.decode().resources:
             name = packed.value[2 : 2 + packed.value[1]].decode()  # field 1, first and short
             self.tables[name] = content_hash(packed.value)
 
@@ -61,7 +61,8 @@ async def burst(routes: int, gateways: int, edits: int, seed: int) -> dict:
     plane = ControlPlane()
     source, _ = load_files(plane, folder)
     port = await plane.start_xds("127.0.0.1:0")
-    clients = [Tracking(f"gw-{i}") for i in range(gateways)]
+    names = envoy_names(routes)
+    clients = [Tracking(f"gw-{i}", names) for i in range(gateways)]
     async with asyncio.TaskGroup() as tasks:
         follow = tasks.create_task(plane.follow(source))
         async with connected(port, clients, timeout=120):

@@ -1,9 +1,9 @@
 """One Route edit reaching N connected ADS streams: time until every stream has it.
 
 knative-xds runs as its own process on a folder of N Routes; this process opens
-N lightweight SotW ADS streams (LDS/CDS wildcard, RDS/EDS by name, ACKing every
-response), edits one Route's file, and times until every stream has received
-the route table carrying the edit.
+N lightweight SotW ADS streams (wildcard on every type, ACKing every response),
+edits one Route's file, and times until every stream has received the route
+table carrying the edit.
 
     python -m bench.fanout --gateways 1000 --routes 100
 """
@@ -18,13 +18,14 @@ import tracemalloc
 
 from knative_xds import synth as s
 
-from .clients import Client, connected
+from .clients import Client, connected, envoy_names
 from .common import print_table, route_name, route_objects, stack, summary, write_atomically
 
 
 async def fanout(gateways: int, routes: int) -> dict:
     with stack(routes, envoy=False) as st:
-        clients = [Client(f"gw-{i}") for i in range(gateways)]
+        names = envoy_names(routes)
+        clients = [Client(f"gw-{i}", names) for i in range(gateways)]
         async with connected(st.xds, clients, timeout=120) as connected_s:
             await asyncio.sleep(0.5)
             blue, green = st.ports()

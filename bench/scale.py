@@ -13,7 +13,7 @@ import argparse
 import asyncio
 import json
 
-from .clients import Client, connected
+from .clients import Client, connected, envoy_names
 from .common import print_table, stack, wait_all_warm
 
 
@@ -21,7 +21,8 @@ async def scale(routes: int, gateways: int) -> dict:
     with stack(routes) as st:
         cold = wait_all_warm(st, 2 * routes, timeout=900) - st.started
         rss_one = st.rss_kb(0)
-        clients = [Client(f"gw-{i}") for i in range(gateways)]
+        names = envoy_names(routes)
+        clients = [Client(f"gw-{i}", names) for i in range(gateways)]
         async with connected(st.xds, clients, timeout=600) as connect:
             await asyncio.sleep(1.0)
             rss_all = st.rss_kb(0)

@@ -17,7 +17,7 @@ import grpc
 
 from .cache import SnapshotCache
 from .model import ActivatorMode, Problem, Resolver, Update
-from .pipeline import Applied, Pipeline
+from .pipeline import Applied, Pipeline, bulk_allocation
 from .server import AdsServer, start
 from .sources.file import FileBatch, FileSource
 from .translate import GatewayConfig, Translator
@@ -98,8 +98,9 @@ def load_files(plane: ControlPlane, path: Path) -> tuple[FileSource, Loaded]:
     """Read every file once, publish the first complete state, and say what was loaded."""
     source = FileSource(path)
     started = time.perf_counter()
-    batch = source.read_all()
-    applied = plane.load(batch)
+    with bulk_allocation():
+        batch = source.read_all()
+        applied = plane.load(batch)
     state = applied.update.state
     log.info(
         "loaded %d objects from %s in %.0f ms: %d routes, %d revisions routed, %d problems",

@@ -19,6 +19,8 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Protocol
 
+from immutables import Map
+
 from .resources import (
     CLUSTER,
     ENDPOINT,
@@ -32,6 +34,12 @@ from .resources import (
 from .translate import Delta
 
 log = logging.getLogger(__name__)
+
+
+# Every type's resources are a persistent map: a snapshot shares all an update did not
+# change with the one before, so an edit costs what it changed, and a stream can hold
+# a snapshot's whole set (and its later versions) for the price of the differences.
+_EMPTY: Map = Map()
 
 
 class InconsistentSnapshot(RuntimeError):
@@ -48,7 +56,7 @@ class Snapshot:
 
     serial: int
     instance: str
-    resources: Mapping[str, Mapping[str, Resource]]
+    resources: Mapping[str, Map]
     counters: Mapping[str, int]
     # Names changed per type since the previous snapshot (for logs and tests).
     changed: Mapping[str, frozenset[str]] = field(default_factory=dict)
@@ -56,8 +64,8 @@ class Snapshot:
     def version(self, type_url: str) -> str:
         return f"{self.instance}-{self.counters.get(type_url, 0)}"
 
-    def of(self, type_url: str) -> Mapping[str, Resource]:
-        return self.resources.get(type_url, MappingProxyType({}))
+    def of(self, type_url: str) -> Map:
+        return self.resources.get(type_url, _EMPTY)
 
     @cached_property
     def _bodies(self) -> dict[str, bytes]:
@@ -94,7 +102,7 @@ class SnapshotCache:
     def __init__(self, instance: str | None = None) -> None:
         self.instance = instance or secrets.token_hex(4)
         self._snapshot: Snapshot | None = None
-        self._resources: dict[str, dict[str, Resource]] = {t: {} for t in PUSH_ORDER}
+        self._resources: dict[str, Map] = dict.fromkeys(PUSH_ORDER, _EMPTY)
         self._counters: dict[str, int] = dict.fromkeys(PUSH_ORDER, 0)
         self._serial = 0
         self._watches: set[asyncio.Event] = set()
@@ -134,10 +142,10 @@ class SnapshotCache:
 
         Raises InconsistentSnapshot (and publishes nothing) if a reference would dangle.
         """
-        staged: dict[str, dict[str, Resource]] = {}
+        staged: dict[str, Map] = {}
         changed: dict[str, frozenset[str]] = {}
         for type_url, items in delta.changes.items():
-            current = self._resources.setdefault(type_url, {})
+            current = self._resources.setdefault(type_url, _EMPTY)
             names = {
                 n
                 for n, r in items.items()
@@ -145,14 +153,7 @@ class SnapshotCache:
             }
             if not names:
                 continue
-            new = dict(current)
-            for n in names:
-                r = items[n]
-                if r is None:
-                    del new[n]
-                else:
-                    new[n] = r
-            staged[type_url] = new
+            staged[type_url] = _with_changes(current, {n: items[n] for n in names})
             changed[type_url] = frozenset(names)
         if not changed and self._snapshot is not None:
             return None
@@ -168,7 +169,7 @@ class SnapshotCache:
         self._snapshot = Snapshot(
             serial=self._serial,
             instance=self.instance,
-            resources=MappingProxyType({t: MappingProxyType(m) for t, m in merged.items()}),
+            resources=MappingProxyType(merged),
             counters=MappingProxyType(dict(self._counters)),
             changed=MappingProxyType(changed),
         )
@@ -180,6 +181,18 @@ class SnapshotCache:
         for event in self._watches:
             event.set()
         return self._snapshot
+
+
+def _with_changes(current: Map, changes: Mapping[str, Resource | None]) -> Map:
+    """`current` with `changes` applied (None removes). Persistent: the new map shares
+    all it did not change with `current`, which the last snapshot still holds."""
+    with current.mutate() as out:
+        for name, resource in changes.items():
+            if resource is None:
+                del out[name]
+            else:
+                out[name] = resource
+        return out.finish()
 
 
 def _differs(old: Resource | None, new: Resource) -> bool:

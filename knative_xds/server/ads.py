@@ -8,10 +8,11 @@ identity serializer instead of the generated servicer helper.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.message import Message
 
 from ..cache import ConfigCache
 from .stream import ProtocolError, Stream, StreamStatus
@@ -33,6 +34,29 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
+class _Received:
+    """A request's bytes, decoded once by the stream and then let go of.
+
+    gRPC's receiver keeps the last message it handed over until the next one
+    arrives. An Envoy's SotW request names every route table or cluster it wants
+    (10,000 names is most of a megabyte once decoded), so holding the decoded
+    request there would cost that much per connected gateway while it idles.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data: bytes | None = data
+
+
+async def _decoded(
+    received: AsyncIterator[_Received], decode: Callable[[bytes], Message]
+) -> AsyncIterator[Message]:
+    async for item in received:
+        data, item.data = item.data, None
+        yield decode(data or b"")
+
+
 class AdsServer:
     """Serves every gateway the same snapshot; keeps per-stream status and NACKs for operators."""
 
@@ -48,22 +72,24 @@ class AdsServer:
             {
                 "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
                     self._sotw,
-                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                    request_deserializer=_Received,
                     response_serializer=_identity,
                 ),
                 "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
                     self._delta,
-                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                    request_deserializer=_Received,
                     response_serializer=_identity,
                 ),
             },
         )
 
     async def _sotw(self, requests: AsyncIterator, context: grpc.aio.ServicerContext) -> None:
-        await self._serve(requests, context, delta=False)
+        decoded = _decoded(requests, discovery_pb2.DiscoveryRequest.FromString)
+        await self._serve(decoded, context, delta=False)
 
     async def _delta(self, requests: AsyncIterator, context: grpc.aio.ServicerContext) -> None:
-        await self._serve(requests, context, delta=True)
+        decoded = _decoded(requests, discovery_pb2.DeltaDiscoveryRequest.FromString)
+        await self._serve(decoded, context, delta=True)
 
     async def _serve(
         self, requests: AsyncIterator, context: grpc.aio.ServicerContext, *, delta: bool

@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from immutables import Map
+
 from ..cache import Snapshot
 from ..resources import CLUSTER, ENDPOINT, FULL_STATE_TYPES, ROUTE, Resource
 from .subscription import Subscription
@@ -100,7 +102,7 @@ def _ready(table: Resource, subs: Subscriptions) -> bool:
 def _all_names(type_url: str, ctx: _Context) -> set[str]:
     sub = ctx.subs[type_url]
     names = set(ctx.snapshot.of(type_url)) if sub.wildcard else set(sub.names)
-    return names | sub.sent.keys() | sub.unsettled
+    return names.union(sub.sent.keys(), sub.unsettled)
 
 
 def _desired(type_url: str, names: Iterable[str], ctx: _Context) -> dict[str, Resource]:
@@ -140,7 +142,7 @@ def plan_sotw(
         if sub.responded and not changed and not gone:
             return None
         desired: Mapping[str, Resource] = _full_set(sub, changed, gone)
-        whole = sub.wildcard and not ctx.waiting and desired.keys() == snapshot.of(type_url).keys()
+        whole = sub.wildcard and not ctx.waiting and _same_names(desired, snapshot.of(type_url))
         if whole:
             # The snapshot's own immutable map: every stream holding it shares one copy.
             desired = snapshot.of(type_url)
@@ -153,22 +155,35 @@ def plan_sotw(
             renewed=_renewed(type_url, changed, sub),
         )
     if changed or (not sub.responded and sub.wildcard):
-        return Outgoing(type_url, version, changed)
+        return _changes(type_url, version, changed, sub, snapshot)
     return None
 
 
-def _full_set(
-    sub: Subscription, changed: Mapping[str, Resource], gone: Iterable[str]
-) -> dict[str, Resource]:
+def _changes(
+    type_url: str, version: str, changed: dict[str, Resource], sub: Subscription, snapshot: Snapshot
+) -> Outgoing:
+    """A response of what changed; for a client that holds nothing yet and is owed the
+    snapshot's whole set, that set itself (its shared map and body)."""
+    whole = snapshot.of(type_url)
+    if not sub.sent and len(changed) == len(whole) and _same_names(changed, whole):
+        return Outgoing(type_url, version, whole, whole_snapshot=True)
+    return Outgoing(type_url, version, changed)
+
+
+def _same_names(a: Mapping[str, Resource], b: Mapping[str, Resource]) -> bool:
+    return len(a) == len(b) and all(n in b for n in a)
+
+
+def _full_set(sub: Subscription, changed: Mapping[str, Resource], gone: Iterable[str]) -> Map:
     """The client's whole set: what it was last sent, with what planning found changed.
 
     A name that was not a candidate is unchanged in the snapshot and was not
     waiting, so it would evaluate to what was sent: only candidates are evaluated.
     """
-    desired = {**sub.sent, **changed}
-    for name in gone:
-        del desired[name]
-    return desired
+    with sub.sent.update(changed).mutate() as desired:
+        for name in gone:
+            del desired[name]
+        return desired.finish()
 
 
 def plan_delta(

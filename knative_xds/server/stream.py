@@ -91,6 +91,9 @@ class Stream:
                     self._on_delta(request)
                 else:
                     self._on_sotw(request)
+                # An Envoy's request can name 10,000 route tables (most of a megabyte,
+                # decoded): hold none of it while waiting for the next one.
+                del request
                 self._wake.set()
         finally:
             # The client closed its side: the writer stops too.

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import enum
 import time
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+
+from immutables import Map
 
 from ..resources import ROUTE, Resource
 
 WILDCARD = "*"
+EMPTY: Map = Map()
 
 
 class Decision(enum.Enum):
@@ -57,20 +59,22 @@ class InFlight:
 class Subscription:
     type_url: str
     wildcard: bool = False
-    names: set[str] = field(default_factory=set)
+    # Interned: Envoys of one gateway fleet ask for the same thousands of names.
+    names: frozenset[str] = frozenset()
     # Legacy wildcard is allowed until the client names something (including `*`).
     legacy_allowed: bool = True
     # What we last sent, per name: the client's view if it accepts everything.
-    # Full-state types share one mapping among sent, in flight and accepted (and, when
-    # it is the snapshot's own set, among every stream): copied only before a change.
-    sent: Mapping[str, Resource] = field(default_factory=dict)
+    # Persistent maps, like the snapshot's: a client sent the snapshot's whole set holds
+    # that very map, and each later change shares all the rest, so a hundred gateways
+    # holding the same 10,000 route tables cost about one copy of them.
+    sent: Map = EMPTY
     # What the client accepted (applied), per name.
-    acked: Mapping[str, Resource] = field(default_factory=dict)
+    acked: Map = EMPTY
     # Responses sent and not yet answered, by nonce.
     inflight: dict[str, InFlight] = field(default_factory=dict)
     # Route tables only: per cluster, how many tables accepted or in flight name it.
     # Counted as tables come and go, so asking costs the same at any size.
-    held_refs: Counter[str] = field(default_factory=Counter)
+    held_refs: Map = EMPTY
     responded: bool = False
     last_nonce: str | None = None
     acked_version: str = ""
@@ -91,8 +95,6 @@ class Subscription:
     # The snapshot counter and names epoch of this type when it was last planned.
     planned_at: int = -1
     planned_epoch: int = -1
-    _sent_shared: bool = False
-    _acked_shared: bool = False
 
     # -- what the client wants --------------------------------------------------------
 
@@ -112,7 +114,7 @@ class Subscription:
         # Only the names just asked for can need sending: the rest were planned already.
         self.recheck |= requested - self.names
         self._set_wildcard(wildcard)
-        self.names = requested
+        self.names = _interned(frozenset(requested))
         self._forget(dropped)
         return dropped
 
@@ -132,11 +134,11 @@ class Subscription:
         if self.wildcard:
             # Still covered by the wildcard, but the client cannot tell: the protocol has
             # the server send it again (or list it removed) so the client knows to keep it.
-            self.unsettled |= unsub & self.names & self.sent.keys()
+            self.unsettled |= {n for n in unsub & self.names if n in self.sent}
         else:
             self._forget(unsub)
-        self.names |= sub
-        self.names -= unsub
+        if sub or unsub:
+            self.names = _interned((self.names | sub) - unsub)
         self.told_missing -= sub
         self.recheck |= sub  # to send, or to say once that it does not exist
 
@@ -153,23 +155,12 @@ class Subscription:
         Not having responded makes the next plan look at every name; the changelog
         alone would find nothing new, and nothing would be sent.
         """
-        self.sent = {}
+        self.sent = EMPTY
         self.responded = False
-
-    def _own_sent(self) -> dict[str, Resource]:
-        if not isinstance(self.sent, dict) or self._sent_shared:
-            self.sent, self._sent_shared = dict(self.sent), False
-        return self.sent  # type: ignore[return-value]
-
-    def _own_acked(self) -> dict[str, Resource]:
-        if not isinstance(self.acked, dict) or self._acked_shared:
-            self.acked, self._acked_shared = dict(self.acked), False
-        return self.acked  # type: ignore[return-value]
 
     def _forget(self, names: Iterable[str]) -> None:
         for n in names:
-            if n in self.sent:
-                self._own_sent().pop(n)
+            self.sent = _without(self.sent, (n,))
             self._unaccept(n)
             self.told_missing.discard(n)
 
@@ -184,7 +175,7 @@ class Subscription:
             if current is None:
                 self.unsettled.add(name)
             elif current.version == version:
-                self._own_sent()[name] = current
+                self.sent = self.sent.set(name, current)
                 self._set_accepted(name, current)
 
     # -- what was sent and answered ---------------------------------------------------
@@ -199,27 +190,28 @@ class Subscription:
         removed: Iterable[str] = (),
     ) -> None:
         removed = frozenset(removed)
-        if full_state:
-            self.sent, self._sent_shared = resources, True
-        else:
-            sent = self._own_sent()
-            sent.update(resources)
-            for n in removed:
-                sent.pop(n, None)
+        resources = _persistent(resources)
+        # A full set, or a first response, is taken as it is: when it is the snapshot's
+        # own map, this client shares it with the snapshot and every other client.
+        sent = resources if full_state or not self.sent else self.sent.update(resources)
+        self.sent = _without(sent, removed)
+        if self.type_url == ROUTE:
+            # Nothing held yet: the counts are the response's, shared likewise.
+            held = not self.held_refs
+            self.held_refs = (
+                ref_counts(resources) if held else _counted(self.held_refs, resources.values(), 1)
+            )
         self.told_missing |= {n for n in removed if n in self.names}
         # The response was planned from this state, so it settled every unsettled name.
         self.unsettled.clear()
-        kept = resources if full_state else dict(resources)
-        self.inflight[nonce] = InFlight(version, full_state, kept, removed)
-        self._count(resources.values(), 1)
+        self.inflight[nonce] = InFlight(version, full_state, resources, removed)
         self.last_nonce = nonce
         self.responded = True
 
     def forget_sent(self, names: Iterable[str]) -> None:
         """Make these names be sent again (EDS after its cluster changed: Envoy won't ask)."""
         for n in names:
-            if n in self.sent:
-                self._own_sent().pop(n)
+            self.sent = _without(self.sent, (n,))
             self.recheck.add(n)
 
     def answer(self, nonce: str, error: str | None) -> Decision | None:
@@ -228,9 +220,11 @@ class Subscription:
             return None
         for older in [n for n in self.inflight if _seq(n) < _seq(nonce)]:
             # Responses are applied in order, so an older one still in flight was accepted.
-            self._accept(self._land(older))
-        answered = self._land(nonce)
+            self._accept(self.inflight.pop(older))
+        answered = self.inflight.pop(nonce)
         if error is not None:
+            # Nothing was applied: the response's tables are no longer held.
+            self._count(answered.resources.values(), -1)
             self.last_nack = Nack(
                 nonce=nonce, version=self.acked_version, message=error, at=time.time()
             )
@@ -238,23 +232,19 @@ class Subscription:
         self._accept(answered)
         return Decision.ACK
 
-    def _land(self, nonce: str) -> InFlight:
-        response = self.inflight.pop(nonce)
-        self._count(response.resources.values(), -1)
-        return response
-
     def _accept(self, response: InFlight) -> None:
         # From what was sent, not from the request's version_info: Delta requests carry none.
         self.acked_version = response.version
-        if response.full_state and self.type_url != ROUTE:
-            # No per-cluster counts to keep for these types: take the response's mapping.
-            self.acked, self._acked_shared = response.resources, True
-            return
+        resources = response.resources
+        if self.acked:
+            # Counted once in flight, a table now counts as accepted instead: only the
+            # accepted version it replaces (or, sent again unchanged, itself) drops out.
+            self._count((self.acked[n] for n in resources if n in self.acked), -1)
         if response.full_state:
-            for n in [n for n in self.acked if n not in response.resources]:
-                self._unaccept(n)
-        for n, resource in response.resources.items():
-            self._set_accepted(n, resource)
+            self._count((r for n, r in self.acked.items() if n not in resources), -1)
+            self.acked = resources
+        else:
+            self.acked = resources if not self.acked else self.acked.update(resources)
         for n in response.removed:
             self._unaccept(n)
 
@@ -262,29 +252,80 @@ class Subscription:
         if self.acked.get(name) is resource:
             return
         self._unaccept(name)
-        self._own_acked()[name] = resource
+        self.acked = self.acked.set(name, resource)
         self._count((resource,), 1)
 
     def _unaccept(self, name: str) -> None:
-        old = self._own_acked().pop(name, None) if name in self.acked else None
+        old = self.acked.get(name)
         if old is not None:
+            self.acked = self.acked.delete(name)
             self._count((old,), -1)
 
-    def _count(self, resources: Iterable[Resource], step: int) -> None:
-        if self.type_url != ROUTE:
-            return  # only a table's clusters are asked about; full-state sets stay cheap
-        refs = self.held_refs
-        for resource in resources:
-            for ref in resource.refs:
-                left = refs[ref] + step
-                if left:
-                    refs[ref] = left
-                else:
-                    del refs[ref]  # keep the counter as small as what is held
+    def _count(self, resources: Iterable[Resource], step: int = -1) -> None:
+        if self.type_url == ROUTE:  # only a table's clusters are asked about
+            self.held_refs = _counted(self.held_refs, resources, step)
 
     def holds_ref(self, name: str) -> bool:
         """Does a resource the client holds or may be applying (accepted or in flight) name it?"""
         return name in self.held_refs
+
+
+_NAME_SETS: dict[frozenset[str], frozenset[str]] = {}
+
+
+def _interned(names: frozenset[str]) -> frozenset[str]:
+    """One shared copy of each name set in use: a hundred Envoys subscribed to the same
+    10,000 route tables would otherwise hold a hundred copies (about 0.5 MB each)."""
+    if len(names) < 64:
+        return names  # not worth a look-up
+    if len(_NAME_SETS) >= 64:
+        _NAME_SETS.clear()
+    return _NAME_SETS.setdefault(names, names)
+
+
+def _persistent(resources: Mapping[str, Resource]) -> Map:
+    return resources if isinstance(resources, Map) else Map(resources)
+
+
+def _without(resources: Map, names: Collection[str]) -> Map:
+    if not names:
+        return resources
+    with resources.mutate() as out:
+        for n in names:
+            out.pop(n, None)
+        return out.finish()
+
+
+def _counted(counts: Map, resources: Iterable[Resource], step: int) -> Map:
+    """`counts` with each resource's references counted `step` more (kept at zero: dropped)."""
+    with counts.mutate() as out:
+        for resource in resources:
+            for ref in resource.refs:
+                left = out.get(ref, 0) + step
+                if left:
+                    out[ref] = left
+                else:
+                    del out[ref]
+        return out.finish()
+
+
+_REF_COUNTS: dict[int, tuple[Map, Map]] = {}
+
+
+def ref_counts(tables: Map) -> Map:
+    """How many of `tables` name each cluster.
+
+    Remembered for the few latest maps it was asked about, by identity: every
+    client sent the same snapshot's tables shares one result.
+    """
+    hit = _REF_COUNTS.get(id(tables))
+    if hit is not None and hit[0] is tables:
+        return hit[1]
+    counts = _counted(EMPTY, tables.values(), 1)
+    if len(_REF_COUNTS) >= 4:
+        _REF_COUNTS.clear()
+    _REF_COUNTS[id(tables)] = (tables, counts)
+    return counts
 
 
 def _seq(nonce: str) -> int:
