@@ -59,7 +59,7 @@ async def burst(routes: int, gateways: int, edits: int, seed: int) -> dict:
             s.dump(route_objects(i, blue=1, green=2, to_green=False)),
         )
     plane = ControlPlane()
-    source, _ = load_files(plane, folder)
+    source, _ = await load_files(plane, folder)
     port = await plane.start_xds("127.0.0.1:0")
     names = envoy_names(routes)
     clients = [Tracking(f"gw-{i}", names) for i in range(gateways)]

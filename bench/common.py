@@ -188,9 +188,9 @@ def stack(routes: int, *, delta: bool = False, envoy: bool = True) -> Iterator[S
              "--listen-address", "127.0.0.1", "--health-port", str(health)],
             workdir / "knative-xds.log",
         ))  # fmt: skip
-        _wait(lambda: ready(health), "knative-xds to load its first state", 600)
-        loaded = time.perf_counter()
         if envoy:
+            # Started alongside, as a gateway that is already up when the control plane
+            # (re)starts: it connects while the first state loads.
             boot = workdir / "envoy.yaml"
             boot.write_text(
                 bootstrap_yaml(xds_host="127.0.0.1", xds_port=xds, admin_port=admin, delta=delta)
@@ -206,6 +206,8 @@ def stack(routes: int, *, delta: bool = False, envoy: bool = True) -> Iterator[S
                 "2",
             ]
             procs.insert(1, _spawn(envoy_args, workdir / "envoy.log"))
+        _wait(lambda: ready(health), "knative-xds to load its first state", 600)
+        loaded = time.perf_counter()
         yield Stack(
             workdir, config, external, admin, health, xds, procs, (blue, green), started, loaded
         )

@@ -53,7 +53,7 @@ class ControlPlane:
         self._grpc: grpc.aio.Server | None = None
 
     async def start_xds(self, address: str) -> int:
-        """Listen for Envoys; streams are refused (UNAVAILABLE) until the first state is loaded."""
+        """Listen for Envoys; a stream is sent nothing until the first state is loaded."""
         self._grpc, port = await start(self.ads, address)
         log.info(
             "xDS (ADS, SotW and Delta) listening on %s", address.rsplit(":", 1)[0] + f":{port}"
@@ -64,10 +64,11 @@ class ControlPlane:
         if self._grpc is not None:
             await self._grpc.stop(grace)
 
-    def load(self, batch: FileBatch) -> Applied:
+    async def load(self, batch: FileBatch) -> Applied:
+        """Publish the first state (staged: see `Pipeline.load`); `loaded` once it is whole."""
         self._set_problems(batch)
-        applied = self.pipeline.apply(batch.changes)
-        if self.cache.current() is not None:  # a refused first snapshot is not "loaded"
+        applied = await self.pipeline.load(batch.changes)
+        if applied.snapshot is not None:  # a refused first snapshot is not "loaded"
             self.loaded.set()
         return applied
 
@@ -94,13 +95,13 @@ class Loaded:
     problems: list[Problem]
 
 
-def load_files(plane: ControlPlane, path: Path) -> tuple[FileSource, Loaded]:
+async def load_files(plane: ControlPlane, path: Path) -> tuple[FileSource, Loaded]:
     """Read every file once, publish the first complete state, and say what was loaded."""
     source = FileSource(path)
     started = time.perf_counter()
     with bulk_allocation():
         batch = source.read_all()
-        applied = plane.load(batch)
+        applied = await plane.load(batch)
     state = applied.update.state
     log.info(
         "loaded %d objects from %s in %.0f ms: %d routes, %d revisions routed, %d problems",

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
@@ -60,6 +60,9 @@ class Snapshot:
     counters: Mapping[str, int]
     # Names changed per type since the previous snapshot (for logs and tests).
     changed: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Types whose first complete set is in: no stream is sent any other (a first load
+    # publishes clusters and endpoints before the route tables, see pipeline.py).
+    loaded: frozenset[str] = frozenset(PUSH_ORDER)
 
     def version(self, type_url: str) -> str:
         return f"{self.instance}-{self.counters.get(type_url, 0)}"
@@ -105,6 +108,7 @@ class SnapshotCache:
         self._resources: dict[str, Map] = dict.fromkeys(PUSH_ORDER, _EMPTY)
         self._counters: dict[str, int] = dict.fromkeys(PUSH_ORDER, 0)
         self._serial = 0
+        self._loaded: frozenset[str] = frozenset()
         self._watches: set[asyncio.Event] = set()
         # Per type, the names each recent counter changed: lets a stream that planned at
         # counter N look at only what changed since, instead of every name it has.
@@ -137,10 +141,12 @@ class SnapshotCache:
     def watch_count(self) -> int:
         return len(self._watches)
 
-    def apply(self, delta: Delta) -> Snapshot | None:
+    def apply(self, delta: Delta, *, loaded: Iterable[str] = PUSH_ORDER) -> Snapshot | None:
         """Publish the delta as a new snapshot; None when it changed nothing.
 
-        Raises InconsistentSnapshot (and publishes nothing) if a reference would dangle.
+        `loaded` names the types whose whole set the delta completes; until a type is
+        loaded, streams are sent none of it. Raises InconsistentSnapshot (and
+        publishes nothing) if a reference would dangle.
         """
         staged: dict[str, Map] = {}
         changed: dict[str, frozenset[str]] = {}
@@ -155,11 +161,13 @@ class SnapshotCache:
                 continue
             staged[type_url] = _with_changes(current, {n: items[n] for n in names})
             changed[type_url] = frozenset(names)
-        if not changed and self._snapshot is not None:
+        now_loaded = self._loaded | frozenset(loaded)
+        if not changed and self._snapshot is not None and now_loaded == self._loaded:
             return None
         merged = {**self._resources, **staged}
         check_consistency(merged, changed)
         self._resources = merged
+        self._loaded = now_loaded
         for type_url, names in changed.items():
             self._counters[type_url] = self._counters.get(type_url, 0) + 1
             self._log.setdefault(type_url, deque(maxlen=CHANGELOG)).append(
@@ -172,6 +180,7 @@ class SnapshotCache:
             resources=MappingProxyType(merged),
             counters=MappingProxyType(dict(self._counters)),
             changed=MappingProxyType(changed),
+            loaded=now_loaded,
         )
         log.debug(
             "snapshot %s: %s",

@@ -236,7 +236,7 @@ def _validate(path: Path) -> int:
     from .app import ControlPlane, load_files
 
     logging.getLogger("knative_xds").setLevel(logging.CRITICAL)
-    _, applied = load_files(ControlPlane(), path)
+    _, applied = asyncio.run(load_files(ControlPlane(), path))
     problems = applied.problems
     for p in problems:
         print(p)
@@ -272,8 +272,10 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         if args.kubernetes:
             return await _serve_kubernetes(plane, args)
-        source, _ = load_files(plane, args.config)
+        # Listening first: a gateway that connects meanwhile is sent each part of the
+        # first state as soon as it is complete (clusters before route tables).
         await plane.start_xds(f"{args.xds_address}:{args.xds_port}")
+        source, _ = await load_files(plane, args.config)
         await plane.follow(source)
     finally:
         await plane.stop()
@@ -291,7 +293,7 @@ async def _serve_kubernetes(plane, args: argparse.Namespace) -> int:
     try:
         async with connect() as api:  # in-cluster config, else $KUBECONFIG or ~/.kube/config
             source = KubeSource(api, follow_public_endpoints=plane.settings.follow_public_endpoints)
-            # Streams get UNAVAILABLE until every list has completed and the state is loaded.
+            # Streams are sent nothing until every list has completed and the state is loaded.
             await plane.start_xds(f"{args.xds_address}:{args.xds_port}")
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(plane.pipeline.run())

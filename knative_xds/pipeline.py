@@ -19,12 +19,16 @@ from dataclasses import dataclass
 from .cache import InconsistentSnapshot, Snapshot, SnapshotCache
 from .model import Problem, RawObject, Resolver, Update
 from .model.resolve import Ident
-from .translate import Translator
+from .resources import CLUSTER, ENDPOINT
+from .translate import Delta, Translator
 
 log = logging.getLogger(__name__)
 
 # A batch this large is a first load or a relist, not an edit.
 BULK_OBJECTS = 1000
+# Routes translated between two turns of the event loop during a first load: about
+# 20 ms of work, so streams are served while 5,000 Routes are built.
+ROUTES_PER_STEP = 100
 
 
 @contextlib.contextmanager
@@ -101,15 +105,47 @@ class Pipeline:
         with bulk:
             update = self.resolver.apply(changes)
             delta = self.translator.translate(update)
-            try:
-                snapshot = self.cache.apply(delta)
-            except InconsistentSnapshot:
-                log.exception(
-                    "refusing to publish an inconsistent snapshot; still serving the last one"
-                )
-                snapshot = None
+            snapshot = self._publish(delta)
         self._report()
         return Applied(update, snapshot, time.perf_counter() - started, delta.count())
+
+    async def load(self, changes: Mapping[Ident, RawObject | None]) -> Applied:
+        """The first load, staged so that connected gateways get to work early.
+
+        Clusters and endpoints go out first (Envoy takes seconds to warm 10,000
+        of them), while the route tables and scopes are built, a chunk of Routes at
+        a time with the event loop let in between so that streams are served. The
+        listeners, scopes and tables then go out together, complete. With a state
+        already published it is `apply`: a later staged push could drop a cluster
+        before the routes that use it.
+        """
+        if self.cache.current() is not None:
+            return self.apply(changes)
+        started = time.perf_counter()
+        with bulk_allocation():
+            update = self.resolver.apply(changes)
+            first = self.translator.translate_revisions(update)
+            self._publish(first, loaded=(CLUSTER, ENDPOINT))
+            await asyncio.sleep(0)
+            rest = Delta()
+            keys = sorted(update.changed_routes)
+            for at in range(0, len(keys), ROUTES_PER_STEP):
+                self.translator.translate_routes(update, keys[at : at + ROUTES_PER_STEP], rest)
+                await asyncio.sleep(0)
+            snapshot = self._publish(rest)
+        self._report()
+        return Applied(
+            update, snapshot, time.perf_counter() - started, first.count() + rest.count()
+        )
+
+    def _publish(self, delta: Delta, **kwargs) -> Snapshot | None:
+        try:
+            return self.cache.apply(delta, **kwargs)
+        except InconsistentSnapshot:
+            log.exception(
+                "refusing to publish an inconsistent snapshot; still serving the last one"
+            )
+            return None
 
     def submit(self, changes: Mapping[Ident, RawObject | None]) -> None:
         if changes:

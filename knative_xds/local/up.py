@@ -60,7 +60,9 @@ async def run_up(args: argparse.Namespace, settings: Settings) -> int:
         activator_port = await activator.start()
         await revisions.start_all(revisions.observe(batch.changes))
         local = _local_slices(activator_port, revisions)
-        loaded = plane.load(FileBatch(changes={**batch.changes, **local}, problems=batch.problems))
+        loaded = await plane.load(
+            FileBatch(changes={**batch.changes, **local}, problems=batch.problems)
+        )
         for problem in plane.pipeline.problems():
             print(f"problem: {problem}", file=sys.stderr)
         xds_port = await plane.start_xds(f"127.0.0.1:{args.xds_port}")

@@ -13,7 +13,7 @@ import hashlib
 import marshal
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .types import Endpoint, ObjectKey, Protocol, Revision
@@ -60,6 +60,14 @@ class RawObject:
     key: ObjectKey
     body: Mapping[str, Any]
     origin: str = ""
+    _digest: list[bytes] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def digest(self) -> bytes:
+        """`fingerprint(body)`, computed once: the source and the resolver both ask."""
+        if not self._digest:
+            self._digest.append(fingerprint(self.body))
+        return self._digest[0]
 
     @classmethod
     def from_dict(cls, body: Mapping[str, Any], origin: str = "") -> RawObject:
@@ -152,16 +160,22 @@ class EndpointSliceSpec:
 def _get(obj: Mapping[str, Any], path: str, want: type, default: Any = None) -> Any:
     value: Any = obj
     for part in path.split("."):
-        if not isinstance(value, Mapping):
+        if not _is_mapping(value):
             return default
         value = value.get(part)
         if value is None:
             return default
     if want is int and isinstance(value, bool):
         raise ObjectError(path, f"must be an integer, got {value!r}")
-    if not isinstance(value, want):
+    if not (_is_mapping(value) if want is Mapping else isinstance(value, want)):
         raise ObjectError(path, f"must be {_type_word(want)}, got {value!r}")
     return value
+
+
+def _is_mapping(value: Any) -> bool:
+    # Parsed YAML and JSON are dicts: checking that first skips the slow ABC check,
+    # which a first load of 25,000 objects would make 300,000 times.
+    return isinstance(value, (dict, Mapping))
 
 
 _WORDS = {str: "a string", int: "an integer", list: "a list", Mapping: "a mapping"}

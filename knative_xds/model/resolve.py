@@ -28,7 +28,6 @@ from .objects import (
     RawObject,
     RevisionSpec,
     RouteSpec,
-    fingerprint,
     is_activator_slice,
     parse_configuration,
     parse_endpoint_slice,
@@ -178,7 +177,7 @@ class Resolver:
             self._specs.pop(ident, None)
             self._parse_problems.pop(ident, None)
             return True
-        digest = fingerprint(raw.body)
+        digest = raw.digest
         self._seen[ident] = (raw.origin, digest)
         if previous is not None and previous[1] == digest:
             return False

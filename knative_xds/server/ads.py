@@ -7,6 +7,7 @@ identity serializer instead of the generated servicer helper.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -95,10 +96,10 @@ class AdsServer:
         self, requests: AsyncIterator, context: grpc.aio.ServicerContext, *, delta: bool
     ) -> None:
         if self.cache.current() is None:
-            # An empty first push would wipe a running gateway: make it retry instead.
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, "no complete configuration loaded yet; retry shortly"
-            )
+            # An empty first push would wipe a running gateway, so nothing is read or sent
+            # before the first state. The stream waits for it rather than being refused:
+            # a refused Envoy backs off (up to seconds) and would come back late.
+            await self._first_state()
         stream = Stream(
             cache=self.cache, delta=delta, peer=context.peer(), on_nack=self._record_nack
         )
@@ -120,6 +121,16 @@ class AdsServer:
         finally:
             del self.streams[stream.status.id]
             log.info("stream %s closed (%s)", stream.status.id, stream.status.node_id or "?")
+
+    async def _first_state(self) -> None:
+        published = asyncio.Event()
+        cancel = self.cache.watch(published)
+        try:
+            while self.cache.current() is None:
+                await published.wait()
+                published.clear()
+        finally:
+            cancel()
 
     def _record_nack(self, status: StreamStatus, type_url: str, nack: Nack) -> None:
         self.nacks[(status.node_id, type_url)] = nack

@@ -176,6 +176,8 @@ class Stream:
                 snapshot = self._cache.current()
                 if snapshot is None or type_url not in self.subs:
                     continue
+                if type_url not in snapshot.loaded:
+                    continue  # its first complete set is still being built: send nothing
                 out = self._plan(type_url, snapshot)
                 if out is None:
                     continue

@@ -19,7 +19,6 @@ import watchfiles
 import yaml_rs
 
 from ..model import Problem, RawObject
-from ..model.objects import fingerprint
 from ..model.resolve import KINDS, Ident
 
 log = logging.getLogger(__name__)
@@ -140,7 +139,7 @@ class FileSource:
 
     def reread(self, paths: Iterable[Path]) -> FileBatch:
         batch = FileBatch()
-        for path in sorted(set(paths)):
+        for path in sorted(set(paths), key=str):  # str keys: Path's own order is slow
             self._reread_one(path, batch)
         return batch
 
@@ -188,7 +187,7 @@ class FileSource:
                         )
                     )
                 continue
-            if before.get(ident) != (digest := fingerprint(raw.body)):
+            if before.get(ident) != (digest := raw.digest):
                 batch.changes[ident] = raw
             kept[ident] = digest
         if kept:

@@ -9,6 +9,7 @@ per type whose resource changed or went away.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..model import ObjectKey, Revision, Route, Update, Visibility
@@ -60,8 +61,11 @@ class Stats:
 class Translator:
     def __init__(self, gateway: GatewayConfig) -> None:
         self._gateway = gateway
+        # Per Route: the version whose revisions are referenced, and the version its
+        # route tables and scopes (keyed type URL, name) were built from. The two are
+        # apart only between the steps of a staged translation.
         self._routes: dict[ObjectKey, Route] = {}
-        # Per Route: its route tables and scopes, keyed (type URL, name).
+        self._built: dict[ObjectKey, Route] = {}
         self._route_resources: dict[ObjectKey, dict[tuple[str, str], Resource]] = {}
         self._revision_refs: dict[ObjectKey, Counter[Revision]] = {}
         self._clusters: dict[ObjectKey, tuple[Revision, Resource]] = {}
@@ -70,19 +74,37 @@ class Translator:
         self.stats = Stats()
 
     def translate(self, update: Update) -> Delta:
+        """Everything the update changed, in one delta."""
+        delta = self.translate_revisions(update)
+        self.translate_routes(update, sorted(update.changed_routes), delta)
+        return delta
+
+    def translate_revisions(self, update: Update) -> Delta:
+        """Step one of a staged translation: the clusters and endpoints of every revision
+        the update touched, with the changed Routes' references to them.
+
+        A first load publishes these before any route table: Envoy takes seconds to
+        warm 10,000 clusters, and it can do that while the tables are being built.
+        `translate_routes` is step two.
+        """
         delta = Delta()
-        touched_revisions: set[ObjectKey] = set(update.changed_pods)
+        touched: set[ObjectKey] = set(update.changed_pods)
+        for key in sorted(update.changed_routes):
+            touched |= self._swap_refs(key, update.state.routes.get(key))
+        if update.activator_changed:
+            touched |= set(self._revision_refs)
+        for rev in sorted(touched):
+            self._refresh_revision(rev, update, delta)
+        return delta
+
+    def translate_routes(self, update: Update, keys: Iterable[ObjectKey], delta: Delta) -> None:
+        """Step two: the route tables and scopes of these Routes, into `delta`."""
         if not self._started:
             self._started = True
             for resource in self._listeners():
                 delta.set(resource)
-        for key in sorted(update.changed_routes):
-            touched_revisions |= self._apply_route(key, update.state.routes.get(key), delta)
-        if update.activator_changed:
-            touched_revisions |= set(self._revision_refs)
-        for rev in sorted(touched_revisions):
-            self._refresh_revision(rev, update, delta)
-        return delta
+        for key in keys:
+            self._swap_resources(key, update.state.routes.get(key), delta)
 
     def _listeners(self) -> list[Resource]:
         g = self._gateway
@@ -97,13 +119,20 @@ class Translator:
             for v in Visibility
         ]
 
-    def _apply_route(self, key: ObjectKey, route: Route | None, delta: Delta) -> set[ObjectKey]:
-        """Swap one Route's tables and scopes; return the revisions whose references changed."""
+    def _swap_refs(self, key: ObjectKey, route: Route | None) -> set[ObjectKey]:
+        """Move one Route's revision references to `route`; return the revisions touched."""
         old = self._routes.pop(key, None)
+        if route is not None:
+            self._routes[key] = route
         if old is route:
-            if route is not None:
-                self._routes[key] = route
             return set()
+        touched = self._unref(old) if old else set()
+        return touched | self._ref(route) if route is not None else touched
+
+    def _swap_resources(self, key: ObjectKey, route: Route | None, delta: Delta) -> None:
+        """Rebuild one Route's tables and scopes, if `route` is not what they were built from."""
+        if self._built.get(key) is route:
+            return
         before = self._route_resources.pop(key, {})
         after = self._build(route, before) if route is not None else {}
         for ident in before.keys() - after.keys():
@@ -115,12 +144,11 @@ class Translator:
             held = before.get(ident)
             if held is None or held.version != resource.version:
                 delta.set(resource)
-        touched = self._unref(old) if old else set()
-        if route is not None:
-            self._routes[key] = route
+        if route is None:
+            self._built.pop(key, None)
+        else:
+            self._built[key] = route
             self._route_resources[key] = after
-            touched |= self._ref(route)
-        return touched
 
     def _build(
         self, route: Route, before: dict[tuple[str, str], Resource]

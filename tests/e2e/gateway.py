@@ -115,7 +115,7 @@ class Gateway:
         self.plane = ControlPlane(
             Settings(gateway=GatewayConfig("127.0.0.1", self.external, self.internal))
         )
-        source, _ = load_files(self.plane, self.config_dir)
+        source, _ = await load_files(self.plane, self.config_dir)
         xds = await self.plane.start_xds("127.0.0.1:0")
         boot = self.workdir / "envoy.yaml"
         boot.write_text(

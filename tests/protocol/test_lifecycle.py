@@ -1,9 +1,8 @@
-"""Streams from start to end: refusals, bad requests, reconnects, and what a closed stream leaves."""
+"""Streams from start to end: the first state, bad requests, reconnects, and what a closed stream leaves."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import tracemalloc
 from typing import Any
@@ -14,9 +13,20 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from knative_xds import synth
+from knative_xds.cache import Snapshot, SnapshotCache
 from knative_xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
+from knative_xds.translate import Delta
 
-from .conftest import HELLO_TABLES, Harness, base_objects, cluster, eventually, start_harness
+from .conftest import (
+    HELLO_TABLES,
+    Harness,
+    base_objects,
+    cluster,
+    eventually,
+    new_plane,
+    raw_objects,
+    start_harness,
+)
 from .xds_client import DeltaClient, SotwClient, names_in
 
 HELLO, OTHER = cluster("hello-1"), cluster("other-1")
@@ -69,27 +79,79 @@ async def test_first_request_without_a_node_ends_the_stream_with_invalid_argumen
     assert "node" in await client.call.details()
 
 
-async def test_streams_are_refused_with_unavailable_until_the_first_snapshot(
+async def test_a_stream_opened_before_the_first_state_waits_for_it_then_gets_all(
     flavour: str,
 ) -> None:
     harness = await start_harness(load=False)
     try:
-        refused = a_client(harness, flavour)
-        # The server may refuse the stream before the request is even written.
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await refused.request(CLUSTER)
-        status = await refused.status()
-        assert status == grpc.StatusCode.UNAVAILABLE, await refused.call.details()
-        assert refused.received == []  # above all, no empty first push
+        early = a_client(harness, flavour)
+        await early.request(CLUSTER)
+        await early.expect_nothing()  # above all, no empty first push
 
         harness.world.apply(*base_objects())
 
-        served = a_client(harness, flavour)
-        await served.request(CLUSTER)
-        assert set(names_in(await served.recv(CLUSTER))) == {HELLO, OTHER}
+        # The same stream, not a retry: it is served as soon as the state is in.
+        assert set(names_in(await early.recv(CLUSTER))) == {HELLO, OTHER}
     finally:
         await harness.close()
     assert harness.violations() == []
+
+
+async def test_a_first_load_sends_clusters_and_endpoints_before_any_listener(
+    flavour: str,
+) -> None:
+    """Envoy can warm clusters (seconds, at 10,000) while the route tables are still built."""
+    harness = await start_harness(load=False)
+    plane = harness.plane
+    try:
+        client = a_client(harness, flavour)
+        for type_url in (CLUSTER, ENDPOINT, LISTENER):
+            await client.request(type_url, [HELLO, OTHER] if type_url == ENDPOINT else ())
+        # The first of the two steps `Pipeline.load` takes, held here at its midpoint.
+        update = plane.resolver.apply(raw_objects(*base_objects()))
+        plane.cache.apply(plane.translator.translate_revisions(update), loaded=(CLUSTER, ENDPOINT))
+
+        assert set(names_in(await client.recv(CLUSTER))) == {HELLO, OTHER}
+        await client.ack(client.last[CLUSTER])
+        assert set(names_in(await client.recv(ENDPOINT))) == {HELLO, OTHER}
+        await client.ack(client.last[ENDPOINT])
+        await client.expect_nothing()  # no listener, so no partial (or empty) LDS
+
+        rest = Delta()
+        plane.translator.translate_routes(update, sorted(update.changed_routes), rest)
+        plane.cache.apply(rest)
+        assert set(names_in(await client.recv(LISTENER))) == {"external", "internal"}
+    finally:
+        await harness.close()
+    assert harness.violations() == []
+
+
+async def test_the_staged_first_load_publishes_the_same_state_as_a_plain_one() -> None:
+    staged, plain = new_plane(), new_plane()
+    published: list[Snapshot] = []
+    staged.cache.watch(_Recorder(staged.cache, published))
+
+    await staged.pipeline.load(raw_objects(*base_objects()))
+    plain.pipeline.apply(raw_objects(*base_objects()))
+
+    assert [s.loaded for s in published] == [frozenset({CLUSTER, ENDPOINT}), frozenset(PUSH_ORDER)]
+    assert not published[0].of(LISTENER) and not published[0].of(ROUTE)
+    final, reference = staged.cache.current(), plain.cache.current()
+    for type_url in PUSH_ORDER:
+        assert {n: r.version for n, r in final.of(type_url).items()} == {
+            n: r.version for n, r in reference.of(type_url).items()
+        }
+
+
+class _Recorder(asyncio.Event):
+    """A cache watch that keeps every snapshot it is woken for."""
+
+    def __init__(self, cache: SnapshotCache, into: list[Snapshot]) -> None:
+        super().__init__()
+        self._cache, self._into = cache, into
+
+    def set(self) -> None:
+        self._into.append(self._cache.current())
 
 
 # -- versions and reconnects ------------------------------------------------------------------
