@@ -64,10 +64,16 @@ class ControlPlane:
         if self._grpc is not None:
             await self._grpc.stop(grace)
 
-    async def load(self, batch: FileBatch) -> Applied:
-        """Publish the first state (staged: see `Pipeline.load`); `loaded` once it is whole."""
+    def stage(self, batch: FileBatch) -> None:
+        """Take in a part of the first state; `load` publishes it all."""
         self._set_problems(batch)
-        applied = await self.pipeline.load(batch.changes)
+        self.pipeline.stage(batch.changes)
+
+    async def load(self, batch: FileBatch | None = None) -> Applied:
+        """Publish the first state (in steps: see `Pipeline.load`); `loaded` once it is whole."""
+        if batch is not None:
+            self.stage(batch)
+        applied = await self.pipeline.load()
         if applied.snapshot is not None:  # a refused first snapshot is not "loaded"
             self.loaded.set()
         return applied
@@ -99,13 +105,16 @@ async def load_files(plane: ControlPlane, path: Path) -> tuple[FileSource, Loade
     """Read every file once, publish the first complete state, and say what was loaded."""
     source = FileSource(path)
     started = time.perf_counter()
+    objects = 0
     with bulk_allocation():
-        batch = source.read_all()
-        applied = await plane.load(batch)
+        for part in source.read_in_parts():
+            plane.stage(part)
+            objects += len(part.changes)
+        applied = await plane.load()
     state = applied.update.state
     log.info(
         "loaded %d objects from %s in %.0f ms: %d routes, %d revisions routed, %d problems",
-        len(batch.changes),
+        objects,
         path,
         (time.perf_counter() - started) * 1000,
         len(state.routes),

@@ -109,8 +109,13 @@ class Pipeline:
         self._report()
         return Applied(update, snapshot, time.perf_counter() - started, delta.count())
 
-    async def load(self, changes: Mapping[Ident, RawObject | None]) -> Applied:
-        """The first load, staged so that connected gateways get to work early.
+    def stage(self, changes: Mapping[Ident, RawObject | None]) -> None:
+        """Take objects in for the next `load` (a first load arrives in parts)."""
+        self.resolver.stage(changes)
+
+    async def load(self, changes: Mapping[Ident, RawObject | None] | None = None) -> Applied:
+        """The first load (what was staged, and `changes`), staged so that connected
+        gateways get to work early.
 
         Clusters and endpoints go out first (Envoy takes seconds to warm 10,000
         of them), while the route tables and scopes are built, a chunk of Routes at
@@ -120,10 +125,10 @@ class Pipeline:
         before the routes that use it.
         """
         if self.cache.current() is not None:
-            return self.apply(changes)
+            return self.apply(changes or {})
         started = time.perf_counter()
         with bulk_allocation():
-            update = self.resolver.apply(changes)
+            update = self.resolver.apply(changes or {})
             first = self.translator.translate_revisions(update)
             self._publish(first, loaded=(CLUSTER, ENDPOINT))
             await asyncio.sleep(0)

@@ -390,6 +390,23 @@ def test_route_unready_revision_becomes_ready_later() -> None:
     assert update.state.routes[HELLO].revisions == (rev("hello-3"),)
 
 
+def test_objects_staged_in_parts_resolve_as_if_applied_at_once() -> None:
+    """A first load stages its files a part at a time; a Route may come before its Revision."""
+    route = synth.route("hello", [T("hello-3", 100)])
+    parts = [[route], base_world(), [synth.revision("hello-3", ready=True)]]
+    staged = Resolver()
+    for part in parts:
+        staged.stage(changes(*part))
+    update = staged.resolve()
+    _, at_once = resolve([obj for part in parts for obj in part])
+
+    assert staged.problems() == ()  # no Route was resolved before its Revision came
+    assert update.changed_routes == at_once.changed_routes
+    assert dict(update.state.routes) == dict(at_once.state.routes)
+    assert update.state.routes[HELLO].revisions == (rev("hello-3"),)
+    assert staged.resolve().changed_routes == frozenset()  # nothing left staged
+
+
 def test_configuration_moving_to_a_new_revision_moves_its_routes() -> None:
     route = synth.route("hello", [T(configuration="hello", percent=100)])
     resolver, _ = resolve([*base_world(), route])

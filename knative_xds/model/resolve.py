@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from immutables import Map
@@ -80,6 +80,16 @@ class Update:
     activator_changed: bool
 
 
+@dataclass(slots=True)
+class _Dirty:
+    """What staged objects touched, for the next `resolve`."""
+
+    routes: set[ObjectKey] = field(default_factory=set)
+    revisions: set[ObjectKey] = field(default_factory=set)
+    activator: bool = False
+    network: bool = False
+
+
 class Resolver:
     """Turns a stream of object changes into States. Not thread-safe; one owner."""
 
@@ -112,6 +122,7 @@ class Resolver:
         self._activator = ActivatorEndpoints()
         self._network = net.NetworkConfig()
         self._state = State(activator_mode=activator_mode)
+        self._dirty = _Dirty()
 
     @property
     def network(self) -> net.NetworkConfig:
@@ -119,32 +130,42 @@ class Resolver:
 
     def apply(self, changes: Mapping[Ident, RawObject | None]) -> Update:
         """Apply upserts (a RawObject) and deletions (None), keyed by (kind, key)."""
-        dirty_routes: set[ObjectKey] = set()
-        dirty_revisions: set[ObjectKey] = set()
-        activator_dirty = False
-        network_dirty = False
+        self.stage(changes)
+        return self.resolve()
+
+    def stage(self, changes: Mapping[Ident, RawObject | None]) -> None:
+        """Take objects in (parsed, indexed) without resolving Routes yet; `resolve` follows.
+
+        A first load stages a few hundred files at a time, so the parsed YAML of
+        25,000 objects is never all held at once.
+        """
+        dirty = self._dirty
         for ident, raw in changes.items():
             kind, key = ident
             if kind not in KINDS or not self._store(ident, raw):
                 continue
             if kind == ROUTE:
-                dirty_routes.add(key)
+                dirty.routes.add(key)
             elif kind in (REVISION, CONFIGURATION):
-                dirty_routes |= self._users.get(ident, set())
-                dirty_revisions.add(key)
+                dirty.routes |= self._users.get(ident, set())
+                dirty.revisions.add(key)
             elif kind == ENDPOINT_SLICE:
                 rev, activator = self._index_slice(key)
-                dirty_revisions |= rev
-                activator_dirty |= activator
+                dirty.revisions |= rev
+                dirty.activator |= activator
             elif kind == CONFIG_MAP and key.namespace == KNATIVE_NAMESPACE:
-                network_dirty |= key.name in NETWORK_CONFIG_MAPS
-        if network_dirty:
+                dirty.network |= key.name in NETWORK_CONFIG_MAPS
+
+    def resolve(self) -> Update:
+        """Resolve what the objects staged since the last call touched; the new State."""
+        dirty, self._dirty = self._dirty, _Dirty()
+        dirty_routes = dirty.routes
+        if dirty.network:
             self._network = self._read_network()
             dirty_routes |= {k for (kind, k) in self._seen if kind == ROUTE} | set(self._routes)
         changed_routes = self._resolve_routes(dirty_routes)
-        changed_pods = self._refresh_pods(dirty_revisions)
-        if activator_dirty:
-            activator_dirty = self._refresh_activator()
+        changed_pods = self._refresh_pods(dirty.revisions)
+        activator_dirty = dirty.activator and self._refresh_activator()
         if changed_routes or changed_pods or activator_dirty:
             last = self._state
             self._state = State(
