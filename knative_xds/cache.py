@@ -232,7 +232,7 @@ def check_consistency(
         removed = {n for n in changed.get(target_type, ()) if n not in targets}
         if removed:
             for source in sources.values():
-                if dangling := source.refs & removed:
+                if dangling := removed.intersection(source.refs):
                     raise InconsistentSnapshot(
                         f"{short(source_type)} {source.name} still needs {sorted(dangling)[:5]}"
                     )

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -209,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "validate":
             return _validate(args.path)
+        fix_mmap_threshold()
         runner = _serve if args.command == "serve" else _up
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(_until_signalled(runner(args)))
@@ -216,6 +219,39 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"knative-xds: {e}", file=sys.stderr)
         return EXIT_CANNOT_RUN
+
+
+# glibc's mallopt: requests this large or larger are served by mmap and unmapped on free.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value
+
+
+def fix_mmap_threshold() -> bool:
+    """Keep glibc's mmap threshold at 128 KiB, so freed large buffers go back to the system.
+
+    A response that carries a whole snapshot set is a multi-megabyte bytes object
+    (joined per stream, copied again by gRPC), freed once sent. After freeing such a
+    block glibc raises its threshold (up to 32 MiB), so later ones come from the heap,
+    which keeps the memory. Measured with 100 streams at 10,000 revisions: RSS 305 MB
+    with the dynamic threshold, 276 MB with it fixed. Setting it turns the adjustment off.
+
+    Returns whether it took effect: not without glibc (musl, macOS), nor when the
+    operator has set the threshold through the environment, which then wins.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get(
+        "GLIBC_TUNABLES", ""
+    ):
+        return False
+    try:
+        libc = ctypes.CDLL(None)  # the C library this process already runs on
+    except (OSError, TypeError):
+        return False
+    if not hasattr(libc, "gnu_get_libc_version"):  # not glibc (musl's mallopt does nothing)
+        return False
+    mallopt = libc.mallopt
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) == 1
 
 
 async def _until_signalled(job) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from knative_xds import synth as s
-from knative_xds.cli import main
+from knative_xds.cli import fix_mmap_threshold, main
 from knative_xds.envoy import find_envoy
 
 from .e2e.gateway import free_port
@@ -85,6 +86,19 @@ def test_envoy_itself_accepts_the_bootstrap(tmp_path, flags):
         timeout=60,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_fixed_mmap_threshold_takes_effect_on_glibc_and_large_buffers_still_work(monkeypatch):
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert fix_mmap_threshold() is (platform.libc_ver()[0] == "glibc")
+    big = b"x" * (8 << 20)
+    assert len(big + big) == 16 << 20
+
+
+def test_fixed_mmap_threshold_leaves_a_threshold_set_in_the_environment_alone(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert fix_mmap_threshold() is False
 
 
 def test_validate_accepts_the_example(capsys):

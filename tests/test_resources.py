@@ -34,3 +34,14 @@ def test_equal_content_has_equal_versions_and_different_content_does_not():
     other = Resource.of(cluster_pb2.Cluster(name="b"), name="a")
     assert a.version == again.version
     assert a.version != other.version
+
+
+def test_refs_are_sorted_each_once_and_none_is_the_empty_tuple():
+    table = Resource.of(cluster_pb2.Cluster(name="a"), name="a", refs=["ns/b", "ns/a", "ns/b"])
+    assert table.refs == ("ns/a", "ns/b")
+    assert Resource.of(cluster_pb2.Cluster(name="a"), name="a").refs == ()
+
+
+def test_delta_entry_is_built_once_and_kept():
+    resource = Resource.of(cluster_pb2.Cluster(name="a"), name="a")
+    assert resource.delta_entry is resource.delta_entry

@@ -103,7 +103,7 @@ def test_listener_scoped_routes_over_ads_and_websocket(name: str, port: int):
     got = gateway.get(LISTENER, name, listener_pb2.Listener)
     assert_proto_equal(got, want_listener(name, port))
     # Scopes are one wildcard set, not named by the listener: nothing to wait for.
-    assert gateway.resources[LISTENER][name].refs == frozenset()
+    assert gateway.resources[LISTENER][name].refs == ()
 
 
 def test_empty_state_publishes_listeners_only() -> None:

@@ -279,7 +279,7 @@ def test_route_tables(case: Tables) -> None:
         got = gateway.get(ROUTE, name, route_pb2.RouteConfiguration)
         assert_proto_equal(got, route_pb2.RouteConfiguration(name=name, virtual_hosts=vhosts))
         # A table refers to the clusters it sends to, so they are pushed before it.
-        assert gateway.resources[ROUTE][name].refs == clusters_of(vhosts)
+        assert gateway.resources[ROUTE][name].refs == tuple(sorted(clusters_of(vhosts)))
 
 
 @pytest.mark.parametrize("case", TABLES.values(), ids=TABLES.keys())
@@ -297,7 +297,7 @@ def test_one_scope_per_public_host_and_per_cluster_local_name_names_its_routes_t
     for name, (listener, key, table) in want.items():
         got = gateway.get(SCOPED_ROUTE, name, scoped_route_pb2.ScopedRouteConfiguration)
         assert_proto_equal(got, want_scope(listener, key, table))
-        assert gateway.resources[SCOPED_ROUTE][name].refs == {table}
+        assert gateway.resources[SCOPED_ROUTE][name].refs == (table,)
 
 
 def test_scopes_spelled_out_for_a_public_route() -> None:

@@ -15,6 +15,7 @@ from .types import (
     Split,
     State,
     Visibility,
+    in_order,
 )
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "State",
     "Update",
     "Visibility",
+    "in_order",
 ]

@@ -60,14 +60,14 @@ class RawObject:
     key: ObjectKey
     body: Mapping[str, Any]
     origin: str = ""
-    _digest: list[bytes] = field(default_factory=list, repr=False, compare=False)
+    _digest: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def digest(self) -> bytes:
         """`fingerprint(body)`, computed once: the source and the resolver both ask."""
-        if not self._digest:
-            self._digest.append(fingerprint(self.body))
-        return self._digest[0]
+        if self._digest is None:
+            object.__setattr__(self, "_digest", fingerprint(self.body))
+        return self._digest
 
     @classmethod
     def from_dict(cls, body: Mapping[str, Any], origin: str = "") -> RawObject:

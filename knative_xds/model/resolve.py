@@ -46,6 +46,7 @@ from .types import (
     Split,
     State,
     Visibility,
+    in_order,
 )
 
 ROUTE = "Route"
@@ -249,7 +250,7 @@ class Resolver:
         pending = dirty
         while pending:
             self._hosts_freed = False
-            for key in sorted(pending):
+            for key in in_order(pending):
                 before = self._routes.get(key)
                 self._resolve_route(key)
                 if self._routes.get(key) is not before:

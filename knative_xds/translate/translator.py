@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..model import ObjectKey, Revision, Route, Update, Visibility
+from ..model import ObjectKey, Revision, Route, Update, Visibility, in_order
 from ..resources import CLUSTER, ENDPOINT, SCOPED_ROUTE, Resource
 from .clusters import cluster_resource
 from .endpoints import choose_endpoints, endpoints_resource
@@ -76,7 +76,7 @@ class Translator:
     def translate(self, update: Update) -> Delta:
         """Everything the update changed, in one delta."""
         delta = self.translate_revisions(update)
-        self.translate_routes(update, sorted(update.changed_routes), delta)
+        self.translate_routes(update, in_order(update.changed_routes), delta)
         return delta
 
     def translate_revisions(self, update: Update) -> Delta:
@@ -89,11 +89,11 @@ class Translator:
         """
         delta = Delta()
         touched: set[ObjectKey] = set(update.changed_pods)
-        for key in sorted(update.changed_routes):
+        for key in in_order(update.changed_routes):
             touched |= self._swap_refs(key, update.state.routes.get(key))
         if update.activator_changed:
             touched |= set(self._revision_refs)
-        for rev in sorted(touched):
+        for rev in in_order(touched):
             self._refresh_revision(rev, update, delta)
         return delta
 
@@ -167,7 +167,7 @@ class Translator:
                     continue
                 kept = before.get(ident)
                 # A scope is its key and its table: a split edit leaves it as it was.
-                if kept is not None and kept.refs == {table}:
+                if kept is not None and kept.refs == (table,):
                     out[ident] = kept
                     continue
                 out[ident] = scope_resource(rule.visibility, key, table)
