@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from .cache import InconsistentSnapshot, Snapshot, SnapshotCache
-from .model import Problem, RawObject, Resolver, Update, in_order
+from .model import Problem, RawObject, Resolver, Update
 from .model.resolve import Ident
 from .resources import CLUSTER, ENDPOINT
 from .translate import Delta, Translator
@@ -133,7 +133,7 @@ class Pipeline:
             self._publish(first, loaded=(CLUSTER, ENDPOINT))
             await asyncio.sleep(0)
             rest = Delta()
-            keys = in_order(update.changed_routes)
+            keys = sorted(update.changed_routes)
             for at in range(0, len(keys), ROUTES_PER_STEP):
                 self.translator.translate_routes(update, keys[at : at + ROUTES_PER_STEP], rest)
                 await asyncio.sleep(0)

@@ -15,7 +15,6 @@ from .types import (
     Split,
     State,
     Visibility,
-    in_order,
 )
 
 __all__ = [
@@ -34,5 +33,4 @@ __all__ = [
     "State",
     "Update",
     "Visibility",
-    "in_order",
 ]

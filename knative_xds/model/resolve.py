@@ -46,7 +46,6 @@ from .types import (
     Split,
     State,
     Visibility,
-    in_order,
 )
 
 ROUTE = "Route"
@@ -250,7 +249,7 @@ class Resolver:
         pending = dirty
         while pending:
             self._hosts_freed = False
-            for key in in_order(pending):
+            for key in sorted(pending):
                 before = self._routes.get(key)
                 self._resolve_route(key)
                 if self._routes.get(key) is not before:

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..model import ObjectKey, Revision, Route, Update, Visibility, in_order
+from ..model import ObjectKey, Revision, Route, Update, Visibility
 from ..resources import CLUSTER, ENDPOINT, SCOPED_ROUTE, Resource
 from .clusters import cluster_resource
 from .endpoints import choose_endpoints, endpoints_resource
@@ -76,7 +76,7 @@ class Translator:
     def translate(self, update: Update) -> Delta:
         """Everything the update changed, in one delta."""
         delta = self.translate_revisions(update)
-        self.translate_routes(update, in_order(update.changed_routes), delta)
+        self.translate_routes(update, sorted(update.changed_routes), delta)
         return delta
 
     def translate_revisions(self, update: Update) -> Delta:
@@ -89,11 +89,11 @@ class Translator:
         """
         delta = Delta()
         touched: set[ObjectKey] = set(update.changed_pods)
-        for key in in_order(update.changed_routes):
+        for key in sorted(update.changed_routes):
             touched |= self._swap_refs(key, update.state.routes.get(key))
         if update.activator_changed:
             touched |= set(self._revision_refs)
-        for rev in in_order(touched):
+        for rev in sorted(touched):
             self._refresh_revision(rev, update, delta)
         return delta
 
