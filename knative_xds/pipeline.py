@@ -76,6 +76,8 @@ class Pipeline:
         self._has_pending = asyncio.Event()
         self._source_problems: dict[str, list[Problem]] = {}
         self._reported: set[Problem] = set()
+        # Held by a staged first load across its steps: submitted changes wait for it.
+        self._loading = asyncio.Lock()
 
     # -- problems ----------------------------------------------------------------------
 
@@ -124,11 +126,15 @@ class Pipeline:
         already published it is `apply`: a later staged push could drop a cluster
         before the routes that use it.
         """
-        if self.cache.current() is not None:
-            return self.apply(changes or {})
+        async with self._loading:
+            if self.cache.current() is not None:
+                return self.apply(changes or {})
+            return await self._load_staged(changes or {})
+
+    async def _load_staged(self, changes: Mapping[Ident, RawObject | None]) -> Applied:
         started = time.perf_counter()
         with bulk_allocation():
-            update = self.resolver.apply(changes or {})
+            update = self.resolver.apply(changes)
             first = self.translator.translate_revisions(update)
             self._publish(first, loaded=(CLUSTER, ENDPOINT))
             await asyncio.sleep(0)
@@ -164,9 +170,10 @@ class Pipeline:
         while True:
             await self._has_pending.wait()
             await asyncio.sleep(self._window)
-            batch, self._pending = self._pending, {}
-            self._has_pending.clear()
-            applied = self.apply(batch)
+            async with self._loading:
+                batch, self._pending = self._pending, {}
+                self._has_pending.clear()
+                applied = self.apply(batch)
             if applied.snapshot is not None:
                 log.info(
                     "published snapshot %s: %d objects changed, %d resources, in %.1f ms",

@@ -140,8 +140,8 @@ class RecordingSink:
         self.problem_log: list[tuple[str, list[Problem]]] = []
         self._changed = Changed()
 
-    def apply(self, changes: Mapping[Ident, RawObject | None]) -> None:
-        self.calls.append(("apply", dict(changes)))
+    async def load(self, changes: Mapping[Ident, RawObject | None]) -> None:
+        self.calls.append(("load", dict(changes)))
         self._poke()
 
     def submit(self, changes: Mapping[Ident, RawObject | None]) -> None:

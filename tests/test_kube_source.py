@@ -71,7 +71,7 @@ async def test_first_state_waits_for_every_list_then_holds_everything(
         await ready.wait()
         await sink.until(lambda: route_key("late") in sink.state())
 
-    assert sink.calls[0][0] == "apply", "nothing may be submitted before the first state"
+    assert sink.calls[0][0] == "load", "nothing may be submitted before the first state"
     first = sink.calls[0][1]
     assert {kind for kind, _ in first} == {"Route", "Revision", "EndpointSlice", "ConfigMap"}
     assert ("ConfigMap", ObjectKey("knative-serving", "config-network")) in first

@@ -12,8 +12,9 @@ How the CLI runs it (`serve --kubernetes`)::
 
 `KubeSource.run` never returns: it holds changes back until *every*
 collection below has been listed once, hands that first complete state to
-`pipeline.apply`, sets `ready`, and from then on passes each change to
-`pipeline.submit` (which coalesces). API errors are logged, reported through
+`pipeline.load` (which publishes it in steps: clusters first), sets `ready`,
+and from then on passes each change to `pipeline.submit` (which coalesces and
+waits for the load). API errors are logged, reported through
 `pipeline.set_source_problems` while they last, and retried with backoff; they
 never end `run`. `kube_watch` holds the list/watch/relist rules, `kube_http`
 the wire.
@@ -49,7 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Protocol
 
 from ..model import ObjectKey, Problem, RawObject
@@ -189,7 +190,7 @@ def _project(value: Any, tree: _Tree | None) -> Any:
 class Sink(Protocol):
     """Where changes go: `knative_xds.pipeline.Pipeline` is one."""
 
-    def apply(self, changes: Mapping[Ident, RawObject | None]) -> object: ...
+    async def load(self, changes: Mapping[Ident, RawObject | None]) -> object: ...
 
     def submit(self, changes: Mapping[Ident, RawObject | None]) -> None: ...
 
@@ -209,10 +210,10 @@ class KubeSource:
         self._options = options or WatchOptions()
 
     async def run(self, sink: Sink, ready: asyncio.Event | None = None) -> None:
-        """Feed `sink` until cancelled: first complete state via `apply` (then `ready` is
+        """Feed `sink` until cancelled: first complete state via `load` (then `ready` is
         set), every later change via `submit`."""
-        gate = _Gate(sink, ready or asyncio.Event(), self.collections)
         async with asyncio.TaskGroup() as tasks:
+            gate = _Gate(sink, ready or asyncio.Event(), self.collections, tasks.create_task)
             for collection in self.collections:
                 reflector = Reflector(
                     self._api,
@@ -228,11 +229,18 @@ class KubeSource:
 class _Gate:
     """Holds changes back until every collection has been listed once, then opens."""
 
-    def __init__(self, sink: Sink, ready: asyncio.Event, waiting: Iterable[Collection]) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        ready: asyncio.Event,
+        waiting: Iterable[Collection],
+        spawn: Callable[[Coroutine[Any, Any, None]], object],
+    ) -> None:
         self._sink = sink
         self._ready = ready
         self._unlisted = set(waiting)
         self._held: Changes = {}
+        self._spawn = spawn
 
     def emit(
         self, collection: Collection, changes: Mapping[ObjectKey, RawObject | None], listed: bool
@@ -253,9 +261,12 @@ class _Gate:
         first = {ident: raw for ident, raw in self._held.items() if raw is not None}
         self._held = {}
         log.info(
-            "every collection listed: applying the first complete state (%d objects)", len(first)
+            "every collection listed: loading the first complete state (%d objects)", len(first)
         )
-        self._sink.apply(first)
+        self._spawn(self._load(first))
+
+    async def _load(self, first: Changes) -> None:
+        await self._sink.load(first)
         self._ready.set()
 
     def report(self, collection: Collection, message: str | None) -> None:

@@ -1,0 +1,57 @@
+"""The pipeline: a staged first load, and changes that arrive while it runs."""
+
+from __future__ import annotations
+
+import asyncio
+
+from knative_xds import synth
+from knative_xds.model import ObjectKey
+from knative_xds.pipeline import ROUTES_PER_STEP
+from knative_xds.resources import CLUSTER, ENDPOINT, PUSH_ORDER, ROUTE
+from tests.protocol.conftest import new_plane, raw_objects
+
+
+def _routes(count: int) -> list[dict]:
+    objects = []
+    for i in range(count):
+        objects += [
+            synth.revision(f"r{i}-1", ready=True),
+            synth.route(f"r{i}", [synth.target(f"r{i}-1", 100)]),
+        ]
+    return objects
+
+
+async def test_a_change_submitted_during_the_first_load_waits_for_it_and_is_applied() -> None:
+    plane = new_plane()
+    pipeline = plane.pipeline
+    published: list[tuple[frozenset[str], int]] = []  # per snapshot: loaded types, tables
+    publish = plane.cache.apply
+
+    def recording(*args, **kwargs):
+        snapshot = publish(*args, **kwargs)
+        if snapshot is not None:
+            published.append((snapshot.loaded, len(snapshot.of(ROUTE))))
+        return snapshot
+
+    plane.cache.apply = recording  # type: ignore[method-assign]
+    runner = asyncio.create_task(pipeline.run())
+    try:
+        # Several steps' worth of Routes, so the load yields to the loop in between.
+        load = asyncio.create_task(pipeline.load(raw_objects(*_routes(10 * ROUTES_PER_STEP))))
+        await asyncio.sleep(0)  # the load has published its clusters and now yields
+        assert published == [({CLUSTER, ENDPOINT}, 0)]
+        moved = synth.route("r0", [synth.target("r0-2", 100)])
+        pipeline.submit(raw_objects(synth.revision("r0-2", ready=True), moved))
+        await load
+        async with asyncio.timeout(5):
+            while "default/r0-2" not in plane.cache.current().of(CLUSTER):
+                await asyncio.sleep(0.01)
+    finally:
+        runner.cancel()
+
+    state = plane.resolver.resolve().state
+    assert state.routes[ObjectKey("default", "r0")].revisions[0].key.name == "r0-2"
+    # Clusters first, then every table at once, then the change: never a partial set.
+    tables = 2 * 10 * ROUTES_PER_STEP  # one per listener per Route
+    assert published[0] == ({CLUSTER, ENDPOINT}, 0)
+    assert published[1:] and all(p == (frozenset(PUSH_ORDER), tables) for p in published[1:])
