@@ -95,6 +95,11 @@ async def burst(routes: int, gateways: int, edits: int, seed: int) -> dict:
             settle_s = time.perf_counter() - t0 - burst_s
             responses = [c.responses - b for c, b in zip(clients, before, strict=True)]
         follow.cancel()
+    # Let the server see every client go before it stops: a stream still open at the stop
+    # is cancelled, and gRPC prints that as a traceback.
+    async with asyncio.timeout(10):
+        while plane.ads.streams:
+            await asyncio.sleep(0.01)
     await plane.stop(0)
     return {
         "routes": routes,

@@ -21,10 +21,8 @@ from what it was last sent with the evaluated names applied.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-
-from immutables import Map
 
 from ..cache import Snapshot
 from ..resources import CLUSTER, ENDPOINT, FULL_STATE_TYPES, ROUTE, Resource
@@ -66,20 +64,48 @@ class _Context:
         # Still named by a route table the client holds or is applying.
         return kept if rds.holds_ref(cluster) else None
 
+    def holds_every_cluster(self) -> bool:
+        """Has the client accepted this snapshot's very clusters and endpoints?
 
-def _evaluate(type_url: str, name: str, ctx: _Context) -> Resource | None:
-    """The resource this client should hold under `name` now; None means none."""
+        Then every route table of the snapshot is ready for it (the snapshot is
+        consistent), which a client that took the whole set answers in O(1): it
+        holds the snapshot's own maps.
+        """
+        cds, eds = self.subs.get(CLUSTER), self.subs.get(ENDPOINT)
+        if cds is None or not cds.wildcard or cds.acked is not self.snapshot.of(CLUSTER):
+            return False
+        return eds is None or eds.acked is self.snapshot.of(ENDPOINT)
+
+
+Evaluate = Callable[[str], Resource | None]
+
+
+def _evaluator(type_url: str, ctx: _Context) -> Evaluate:
+    """What this client should hold under a name now (None: nothing), for one type.
+
+    What every name needs is looked up once: a new client's first plan evaluates
+    every name of a type (30,000 scopes at 5,000 Routes).
+    """
     sub = ctx.subs[type_url]
-    current = ctx.snapshot.of(type_url).get(name) if sub.covers(name) else None
-    if current is None and type_url in (CLUSTER, ENDPOINT) and ctx.retained(name) is not None:
-        ctx.waiting.add(name)
-        return sub.sent.get(name)
-    if type_url == ROUTE and current is not None and not _ready(current, ctx.subs):
-        before = sub.sent.get(name)
-        if before is None or before.version != current.version:
-            ctx.waiting.add(name)  # hold back until the clusters it names are in place
-            return before
-    return current
+    items, sent, wildcard, names = ctx.snapshot.of(type_url), sub.sent, sub.wildcard, sub.names
+    keeps_removed = type_url in (CLUSTER, ENDPOINT)
+    gates_tables = type_url == ROUTE and not ctx.holds_every_cluster()
+
+    def evaluate(name: str) -> Resource | None:
+        current = items.get(name) if wildcard or name in names else None
+        if current is None:
+            if keeps_removed and ctx.retained(name) is not None:
+                ctx.waiting.add(name)
+                return sent.get(name)
+            return None
+        if gates_tables and not _ready(current, ctx.subs):
+            before = sent.get(name)
+            if before is None or before.version != current.version:
+                ctx.waiting.add(name)  # hold back until the clusters it names are in place
+                return before
+        return current
+
+    return evaluate
 
 
 def _ready(table: Resource, subs: Subscriptions) -> bool:
@@ -106,9 +132,10 @@ def _all_names(type_url: str, ctx: _Context) -> set[str]:
 
 
 def _desired(type_url: str, names: Iterable[str], ctx: _Context) -> dict[str, Resource]:
+    evaluate = _evaluator(type_url, ctx)
     out = {}
     for name in names:
-        resource = _evaluate(type_url, name, ctx)
+        resource = evaluate(name)
         if resource is not None:
             out[name] = resource
     return out
@@ -133,7 +160,8 @@ def plan_sotw(
     sub = subs[type_url]
     ctx = _Context(snapshot, subs)
     candidates = _candidates(type_url, ctx, only)
-    evaluated = {n: _evaluate(type_url, n, ctx) for n in candidates}
+    evaluate = _evaluator(type_url, ctx)
+    evaluated = {n: evaluate(n) for n in candidates}
     sub.recheck = _still(sub, candidates, ctx)
     changed = {n: r for n, r in evaluated.items() if r is not None and _differs(r, sub.sent.get(n))}
     version = snapshot.version(type_url)
@@ -171,15 +199,19 @@ def _changes(
 
 
 def _same_names(a: Mapping[str, Resource], b: Mapping[str, Resource]) -> bool:
-    return len(a) == len(b) and all(n in b for n in a)
+    return len(a) == len(b) and all(map(b.__contains__, a))
 
 
-def _full_set(sub: Subscription, changed: Mapping[str, Resource], gone: Iterable[str]) -> Map:
+def _full_set(
+    sub: Subscription, changed: Mapping[str, Resource], gone: Iterable[str]
+) -> Mapping[str, Resource]:
     """The client's whole set: what it was last sent, with what planning found changed.
 
     A name that was not a candidate is unchanged in the snapshot and was not
     waiting, so it would evaluate to what was sent: only candidates are evaluated.
     """
+    if not sub.sent:
+        return changed  # a first response: usually the snapshot's set, whose map is sent
     with sub.sent.update(changed).mutate() as desired:
         for name in gone:
             del desired[name]

@@ -42,13 +42,18 @@ def many_routes(count: int) -> list[dict]:
 def count_evaluations(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """From now on, count the planner's evaluations per type."""
     counts: Counter[str] = Counter()
-    evaluate = plan._evaluate
+    evaluator = plan._evaluator
 
-    def counting(type_url: str, name: str, ctx: Any) -> Any:
-        counts[short(type_url)] += 1
-        return evaluate(type_url, name, ctx)
+    def counting(type_url: str, ctx: Any) -> Any:
+        evaluate = evaluator(type_url, ctx)
 
-    monkeypatch.setattr(plan, "_evaluate", counting)
+        def counted(name: str) -> Any:
+            counts[short(type_url)] += 1
+            return evaluate(name)
+
+        return counted
+
+    monkeypatch.setattr(plan, "_evaluator", counting)
     return counts
 
 
