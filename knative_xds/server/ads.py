@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from ..cache import ConfigCache
 from .stream import ProtocolError, Stream, StreamStatus
@@ -55,7 +55,12 @@ async def _decoded(
 ) -> AsyncIterator[Message]:
     async for item in received:
         data, item.data = item.data, None
-        yield decode(data or b"")
+        try:
+            message = decode(data or b"")
+        except DecodeError as e:
+            raise ProtocolError(f"the request is not a valid xDS discovery request: {e}") from e
+        yield message
+        del message  # nothing of it stays here while the next one is awaited
 
 
 class AdsServer:

@@ -70,6 +70,21 @@ async def test_request_for_an_unknown_type_ends_the_stream_with_invalid_argument
     assert "envoy.Unknown" in await client.call.details()
 
 
+async def test_bytes_that_are_no_discovery_request_end_the_stream_with_invalid_argument(
+    harness: Harness, flavour: str
+) -> None:
+    method = "DeltaAggregatedResources" if flavour == "delta" else "StreamAggregatedResources"
+    call = harness.channel.stream_stream(
+        f"/envoy.service.discovery.v3.AggregatedDiscoveryService/{method}",
+        request_serializer=bytes,
+        response_deserializer=bytes,
+    )()
+    await call.write(b"\xff\xff\xff")  # a field number of zero: not protobuf
+    assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid xDS discovery request" in await call.details()
+    await no_streams_left(harness)
+
+
 async def test_first_request_without_a_node_ends_the_stream_with_invalid_argument(
     harness: Harness, flavour: str
 ) -> None:
