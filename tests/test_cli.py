@@ -62,8 +62,8 @@ def test_bootstrap_keeps_the_gateway_stats_unless_asked_for_all(capsys):
     default = yaml.safe_load(capsys.readouterr().out)
     main(["bootstrap", "--xds-address", "127.0.0.1:18000", "--envoy-stats", "all"])
     every = yaml.safe_load(capsys.readouterr().out)
-    patterns = default["stats_config"]["stats_matcher"]["inclusion_list"]["patterns"]
-    assert {"prefix": "cluster_manager."} in patterns
+    patterns = default["stats_config"]["stats_matcher"]["exclusion_list"]["patterns"]
+    assert {"prefix": "cluster."} in patterns
     assert "stats_config" not in every
 
 
