@@ -8,17 +8,7 @@ from knative_xds import synth
 from knative_xds.model import ObjectKey
 from knative_xds.pipeline import ROUTES_PER_STEP
 from knative_xds.resources import CLUSTER, ENDPOINT, PUSH_ORDER, ROUTE
-from tests.protocol.conftest import new_plane, raw_objects
-
-
-def _routes(count: int) -> list[dict]:
-    objects = []
-    for i in range(count):
-        objects += [
-            synth.revision(f"r{i}-1", ready=True),
-            synth.route(f"r{i}", [synth.target(f"r{i}-1", 100)]),
-        ]
-    return objects
+from tests.protocol.conftest import many_routes, new_plane, raw_objects
 
 
 async def test_a_change_submitted_during_the_first_load_waits_for_it_and_is_applied() -> None:
@@ -37,20 +27,20 @@ async def test_a_change_submitted_during_the_first_load_waits_for_it_and_is_appl
     runner = asyncio.create_task(pipeline.run())
     try:
         # Several steps' worth of Routes, so the load yields to the loop in between.
-        load = asyncio.create_task(pipeline.load(raw_objects(*_routes(10 * ROUTES_PER_STEP))))
+        load = asyncio.create_task(pipeline.load(raw_objects(*many_routes(10 * ROUTES_PER_STEP))))
         await asyncio.sleep(0)  # the load has published its clusters and now yields
         assert published == [({CLUSTER, ENDPOINT}, 0)]
-        moved = synth.route("r0", [synth.target("r0-2", 100)])
-        pipeline.submit(raw_objects(synth.revision("r0-2", ready=True), moved))
+        moved = synth.route("route-0", [synth.target("r-0-b", 100)])
+        pipeline.submit(raw_objects(synth.revision("r-0-b", ready=True), moved))
         await load
         async with asyncio.timeout(5):
-            while "default/r0-2" not in plane.cache.current().of(CLUSTER):
+            while "default/r-0-b" not in plane.cache.current().of(CLUSTER):
                 await asyncio.sleep(0.01)
     finally:
         runner.cancel()
 
     state = plane.resolver.resolve().state
-    assert state.routes[ObjectKey("default", "r0")].revisions[0].key.name == "r0-2"
+    assert state.routes[ObjectKey("default", "route-0")].revisions[0].key.name == "r-0-b"
     # Clusters first, then every table at once, then the change: never a partial set.
     tables = 2 * 10 * ROUTES_PER_STEP  # one per listener per Route
     assert published[0] == ({CLUSTER, ENDPOINT}, 0)

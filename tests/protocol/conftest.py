@@ -51,6 +51,17 @@ def raw_objects(*docs: Mapping[str, Any], delete: bool = False) -> dict:
     return changes
 
 
+def many_routes(count: int) -> list[dict]:
+    """`count` Routes, each on its own ready revision."""
+    objects = []
+    for i in range(count):
+        objects += [
+            synth.revision(f"r-{i}", ready=True),
+            synth.route(f"route-{i}", [synth.target(f"r-{i}", 100)]),
+        ]
+    return objects
+
+
 def base_objects() -> list[dict]:
     """Two Routes, each on one ready revision with no pods: both served by the activator.
 

@@ -18,7 +18,7 @@ from knative_xds import synth
 from knative_xds.resources import CLUSTER, ENDPOINT, ROUTE, short
 from knative_xds.server import plan
 
-from .conftest import Harness, cluster, start_harness
+from .conftest import Harness, cluster, many_routes, start_harness
 from .envoy_like import Gateway, removed
 from .xds_client import DeltaClient, names_in
 
@@ -26,17 +26,6 @@ from .xds_client import DeltaClient, names_in
 # cluster and endpoint set, its scopes), and those waiting are looked at again on each of
 # the few requests that may let them move: 21 for a move, 15 for an add when this was written.
 FEW = 30
-
-
-def many_routes(count: int) -> list[dict]:
-    """`count` Routes, each on its own ready revision."""
-    objects = []
-    for i in range(count):
-        objects += [
-            synth.revision(f"r-{i}", ready=True),
-            synth.route(f"route-{i}", [synth.target(f"r-{i}", 100)]),
-        ]
-    return objects
 
 
 def count_evaluations(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
