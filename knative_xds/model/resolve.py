@@ -20,6 +20,7 @@ from typing import Any
 from immutables import Map
 
 from . import network as net
+from .endpoints import EndpointIndex
 from .objects import (
     KNATIVE_NAMESPACE,
     ConfigurationSpec,
@@ -28,19 +29,16 @@ from .objects import (
     RawObject,
     RevisionSpec,
     RouteSpec,
-    is_activator_slice,
     parse_configuration,
     parse_endpoint_slice,
     parse_revision,
     parse_route,
 )
 from .types import (
-    ActivatorEndpoints,
     ActivatorMode,
     HostRule,
     ObjectKey,
     Problem,
-    Protocol,
     Revision,
     Route,
     Split,
@@ -66,7 +64,6 @@ _PARSERS = {
     CONFIGURATION: parse_configuration,
     ENDPOINT_SLICE: parse_endpoint_slice,
 }
-_POD_PORTS = {Protocol.HTTP1: ("http", "http1"), Protocol.H2C: ("http2", "h2c")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +97,6 @@ class Resolver:
         follow_public_endpoints: bool = False,
     ) -> None:
         self._mode = activator_mode
-        self._follow_public = follow_public_endpoints
         # Per object: where it came from and a fingerprint of its content. Bodies are
         # not kept (at 10,000 revisions they would be the largest thing in memory),
         # except the ConfigMaps, which are re-read whole.
@@ -115,11 +111,7 @@ class Resolver:
         self._host_owner: dict[HostKey, ObjectKey] = {}
         self._hosts_of: dict[ObjectKey, set[HostKey]] = {}
         self._hosts_freed = False
-        self._slices_of: defaultdict[ObjectKey, set[ObjectKey]] = defaultdict(set)
-        self._slice_revision: dict[ObjectKey, ObjectKey] = {}
-        self._activator_slices: set[ObjectKey] = set()
-        self._pods: dict[ObjectKey, tuple] = {}
-        self._activator = ActivatorEndpoints()
+        self._endpoints = EndpointIndex(follow_public=follow_public_endpoints)
         self._network = net.NetworkConfig()
         self._state = State(activator_mode=activator_mode)
         self._dirty = _Dirty()
@@ -150,7 +142,7 @@ class Resolver:
                 dirty.routes |= self._users.get(ident, set())
                 dirty.revisions.add(key)
             elif kind == ENDPOINT_SLICE:
-                rev, activator = self._index_slice(key)
+                rev, activator = self._endpoints.index(key, self._slice(key))
                 dirty.revisions |= rev
                 dirty.activator |= activator
             elif kind == CONFIG_MAP and key.namespace == KNATIVE_NAMESPACE:
@@ -164,14 +156,14 @@ class Resolver:
             self._network = self._read_network()
             dirty_routes |= {k for (kind, k) in self._seen if kind == ROUTE} | set(self._routes)
         changed_routes = self._resolve_routes(dirty_routes)
-        changed_pods = self._refresh_pods(dirty.revisions)
-        activator_dirty = dirty.activator and self._refresh_activator()
+        changed_pods = self._endpoints.refresh_pods(dirty.revisions, self._slice, self._revision)
+        activator_dirty = dirty.activator and self._endpoints.refresh_activator(self._slice)
         if changed_routes or changed_pods or activator_dirty:
             last = self._state
             self._state = State(
                 routes=_carry(last.routes, self._routes, changed_routes),
-                pods=_carry(last.pods, self._pods, changed_pods),
-                activator=self._activator,
+                pods=_carry(last.pods, self._endpoints.pods, changed_pods),
+                activator=self._endpoints.activator,
                 activator_mode=self._mode,
             )
         return Update(
@@ -411,58 +403,13 @@ class Resolver:
 
     # -- endpoints --------------------------------------------------------------------
 
-    def _index_slice(self, key: ObjectKey) -> tuple[set[ObjectKey], bool]:
-        """Track which revision a slice serves; return the revisions and activator touched."""
-        touched: set[ObjectKey] = set()
-        activator = key in self._activator_slices
-        self._activator_slices.discard(key)
-        old = self._slice_revision.pop(key, None)
-        if old is not None:
-            self._slices_of[old].discard(key)
-            touched.add(old)
+    def _slice(self, key: ObjectKey) -> EndpointSliceSpec | None:
         spec = self._specs.get((ENDPOINT_SLICE, key))
-        if isinstance(spec, EndpointSliceSpec):
-            if is_activator_slice(spec):
-                self._activator_slices.add(key)
-                activator = True
-            elif spec.revision and spec.public == self._follow_public:
-                rev = ObjectKey(key.namespace, spec.revision)
-                self._slices_of[rev].add(key)
-                self._slice_revision[key] = rev
-                touched.add(rev)
-        return touched, activator
+        return spec if isinstance(spec, EndpointSliceSpec) else None
 
-    def _refresh_pods(self, revisions: set[ObjectKey]) -> set[ObjectKey]:
-        changed: set[ObjectKey] = set()
-        for rev in revisions:
-            spec = self._specs.get((REVISION, rev))
-            protocol = spec.revision.protocol if isinstance(spec, RevisionSpec) else Protocol.HTTP1
-            endpoints: set = set()
-            for slice_key in self._slices_of.get(rev) or ():
-                s = self._specs.get((ENDPOINT_SLICE, slice_key))
-                if isinstance(s, EndpointSliceSpec):
-                    endpoints.update(s.endpoints(_POD_PORTS[protocol]))
-            value = tuple(sorted(endpoints))
-            if self._pods.get(rev, ()) != value:
-                changed.add(rev)
-                if value:
-                    self._pods[rev] = value
-                else:
-                    self._pods.pop(rev, None)
-        return changed
-
-    def _refresh_activator(self) -> bool:
-        http: set = set()
-        h2c: set = set()
-        for key in self._activator_slices:
-            spec = self._specs.get((ENDPOINT_SLICE, key))
-            if isinstance(spec, EndpointSliceSpec):
-                http.update(spec.endpoints(_POD_PORTS[Protocol.HTTP1]))
-                h2c.update(spec.endpoints(_POD_PORTS[Protocol.H2C]))
-        value = ActivatorEndpoints(http=tuple(sorted(http)), h2c=tuple(sorted(h2c)))
-        changed = value != self._activator
-        self._activator = value
-        return changed
+    def _revision(self, key: ObjectKey) -> RevisionSpec | None:
+        spec = self._specs.get((REVISION, key))
+        return spec if isinstance(spec, RevisionSpec) else None
 
 
 def _claim(vis_host: HostKey) -> HostKey:
