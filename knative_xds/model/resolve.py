@@ -21,6 +21,7 @@ from immutables import Map
 
 from . import network as net
 from .endpoints import EndpointIndex
+from .hosts import HostClaims
 from .objects import (
     KNATIVE_NAMESPACE,
     ConfigurationSpec,
@@ -55,8 +56,6 @@ KINDS = (ROUTE, REVISION, CONFIGURATION, ENDPOINT_SLICE, CONFIG_MAP)
 NETWORK_CONFIG_MAPS = ("config-domain", "config-network")
 
 Ident = tuple[str, ObjectKey]
-# A claim on a host, held by one Route at a time (`_claim`).
-HostKey = tuple[Visibility, str]
 
 _PARSERS = {
     ROUTE: parse_route,
@@ -108,9 +107,7 @@ class Resolver:
         self._routes: dict[ObjectKey, Route] = {}
         self._users: defaultdict[Ident, set[ObjectKey]] = defaultdict(set)
         self._deps: dict[ObjectKey, set[Ident]] = {}
-        self._host_owner: dict[HostKey, ObjectKey] = {}
-        self._hosts_of: dict[ObjectKey, set[HostKey]] = {}
-        self._hosts_freed = False
+        self._hosts = HostClaims()
         self._endpoints = EndpointIndex(follow_public=follow_public_endpoints)
         self._network = net.NetworkConfig()
         self._state = State(activator_mode=activator_mode)
@@ -240,7 +237,7 @@ class Resolver:
         changed: set[ObjectKey] = set()
         pending = dirty
         while pending:
-            self._hosts_freed = False
+            self._hosts.freed = False
             for key in sorted(pending):
                 before = self._routes.get(key)
                 self._resolve_route(key)
@@ -250,7 +247,7 @@ class Resolver:
             # whichever name sorts first: retry those after the pass, and only when a
             # host was freed, so a lasting conflict costs nothing on unrelated updates.
             # Each further pass needs a retried Route to succeed, so this ends.
-            pending = self._host_losers() if self._hosts_freed else set()
+            pending = self._host_losers() if self._hosts.freed else set()
         return changed
 
     def _host_losers(self) -> set[ObjectKey]:
@@ -269,7 +266,7 @@ class Resolver:
         deps: set[Ident] = set()
         try:
             route = self._build_route(spec, deps)
-            self._claim_hosts(route)
+            self._hosts.claim(route, self._routes)
         except ObjectError as e:
             self._set_deps(key, deps)
             self._route_problems[key] = Problem(origin, ROUTE, str(key), e.field, e.message)
@@ -342,52 +339,9 @@ class Resolver:
             raise ObjectError(at, f"revision {name!r} is not ready: {spec.reason}")
         return spec.revision
 
-    def _claim_hosts(self, route: Route) -> None:
-        # Rule order (a Route's main public host first) decides which conflict is named.
-        wanted = [(rule.visibility, h) for rule in route.rules for h in rule.hosts]
-        seen: set[HostKey] = set()
-        claims: dict[HostKey, str] = {}  # claim → the first host that makes it
-        for vis_host in wanted:
-            # A tag-template without {{.Tag}} (Knative accepts one) gives a tag the main
-            # host; Envoy rejects a whole route table holding a domain twice.
-            if vis_host in seen:
-                raise ObjectError(
-                    "hosts", f"host {vis_host[1]!r} is given twice: check the tag-template"
-                )
-            seen.add(vis_host)
-            claims.setdefault(_claim(vis_host), vis_host[1])
-        for claim, host in claims.items():
-            owner = self._host_owner.get(claim)
-            if owner is not None and owner != route.key and owner in self._routes:
-                raise ObjectError("hosts", self._conflict(claim, host, owner))
-        self._release_hosts(route.key, keep=set(claims))
-        self._hosts_of[route.key] = set(claims)
-        for claim in claims:
-            self._host_owner[claim] = route.key
-
-    def _conflict(self, claim: HostKey, host: str, owner: ObjectKey) -> str:
-        visibility = claim[0]
-        held = self._routes[owner]
-        if any(host in r.hosts for r in held.rules if r.visibility is visibility):
-            return f"host {host!r} is already served by route {owner}"
-        return (
-            f"cluster-local host {host!r} would share the internal scope {claim[1]!r} of"
-            f" route {owner} (a cluster-local scope is a host's first two labels):"
-            " check the tag-template"
-        )
-
-    def _release_hosts(self, key: ObjectKey, keep: set[HostKey] | None = None) -> None:
-        """Free the hosts `key` holds (but `keep`), through its own index: scanning every
-        owned host would make each Route's resolution cost O(all hosts)."""
-        freed = self._hosts_of.pop(key, set()) - (keep or set())
-        for vis_host in freed:
-            if self._host_owner.get(vis_host) == key:
-                del self._host_owner[vis_host]
-        self._hosts_freed |= bool(freed)
-
     def _drop_route(self, key: ObjectKey) -> None:
         self._routes.pop(key, None)
-        self._release_hosts(key)
+        self._hosts.release(key)
 
     def _set_deps(self, key: ObjectKey, deps: set[Ident]) -> None:
         for ident in self._deps.pop(key, set()):
@@ -410,16 +364,6 @@ class Resolver:
     def _revision(self, key: ObjectKey) -> RevisionSpec | None:
         spec = self._specs.get((REVISION, key))
         return spec if isinstance(spec, RevisionSpec) else None
-
-
-def _claim(vis_host: HostKey) -> HostKey:
-    """What a host takes from every other Route: an external host itself; a cluster-local
-    host, its first two labels, which pick its scope on the internal listener
-    (`net.cluster_local_key`). A Route's own hosts may share one."""
-    visibility, host = vis_host
-    if visibility is Visibility.CLUSTER_LOCAL:
-        return (visibility, ".".join(net.cluster_local_key(host)))
-    return vis_host
 
 
 def read_kept(kept: net.NetworkConfig, config: net.NetworkConfig, name: str) -> net.NetworkConfig:
