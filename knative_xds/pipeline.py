@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from .cache import InconsistentSnapshot, Snapshot, SnapshotCache
 from .model import Problem, RawObject, Resolver, Update
 from .model.resolve import Ident
-from .resources import CLUSTER, ENDPOINT
+from .resources import CLUSTER, ENDPOINT, PUSH_ORDER
 from .translate import Delta, Translator
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class Pipeline:
     # -- applying ---------------------------------------------------------------------
 
     def apply(self, changes: Mapping[Ident, RawObject | None]) -> Applied:
-        """Resolve, translate and publish now. Used for the first load and by `run`."""
+        """Resolve, translate and publish now: every change after the first load."""
         started = time.perf_counter()
         bulk = bulk_allocation() if len(changes) >= BULK_OBJECTS else contextlib.nullcontext()
         with bulk:
@@ -126,10 +126,11 @@ class Pipeline:
         already published it is `apply`: a later staged push could drop a cluster
         before the routes that use it.
         """
+        changes = changes or {}
         async with self._loading:
             if self.cache.current() is not None:
-                return self.apply(changes or {})
-            return await self._load_staged(changes or {})
+                return self.apply(changes)
+            return await self._load_staged(changes)
 
     async def _load_staged(self, changes: Mapping[Ident, RawObject | None]) -> Applied:
         started = time.perf_counter()
@@ -149,9 +150,9 @@ class Pipeline:
             update, snapshot, time.perf_counter() - started, first.count() + rest.count()
         )
 
-    def _publish(self, delta: Delta, **kwargs) -> Snapshot | None:
+    def _publish(self, delta: Delta, loaded: Iterable[str] = PUSH_ORDER) -> Snapshot | None:
         try:
-            return self.cache.apply(delta, **kwargs)
+            return self.cache.apply(delta, loaded=loaded)
         except InconsistentSnapshot:
             log.exception(
                 "refusing to publish an inconsistent snapshot; still serving the last one"

@@ -183,19 +183,24 @@ def plan_sotw(
             renewed=_renewed(type_url, changed, sub),
         )
     if changed or (not sub.responded and sub.wildcard):
-        return _changes(type_url, version, changed, sub, snapshot)
+        return _changes(type_url, snapshot, changed, sub)
     return None
 
 
 def _changes(
-    type_url: str, version: str, changed: dict[str, Resource], sub: Subscription, snapshot: Snapshot
+    type_url: str,
+    snapshot: Snapshot,
+    changed: dict[str, Resource],
+    sub: Subscription,
+    removed: tuple[str, ...] = (),
 ) -> Outgoing:
     """A response of what changed; for a client that holds nothing yet and is owed the
-    snapshot's whole set, that set itself (its shared map and body)."""
-    whole = snapshot.of(type_url)
-    if not sub.sent and len(changed) == len(whole) and _same_names(changed, whole):
-        return Outgoing(type_url, version, whole, whole_snapshot=True)
-    return Outgoing(type_url, version, changed)
+    snapshot's whole set, that set itself (its shared map and, in SotW, its body)."""
+    version, whole = snapshot.version(type_url), snapshot.of(type_url)
+    renewed = _renewed(type_url, changed, sub)
+    if not sub.sent and _same_names(changed, whole):
+        return Outgoing(type_url, version, whole, removed, whole_snapshot=True, renewed=renewed)
+    return Outgoing(type_url, version, changed, removed, renewed=renewed)
 
 
 def _same_names(a: Mapping[str, Resource], b: Mapping[str, Resource]) -> bool:
@@ -237,13 +242,7 @@ def plan_delta(
         if n in sub.names and n not in available and n not in sub.sent and n not in sub.told_missing
     }
     if changed or removed or not sub.responded:
-        return Outgoing(
-            type_url,
-            snapshot.version(type_url),
-            changed,
-            removed=tuple(sorted(removed)),
-            renewed=_renewed(type_url, changed, sub),
-        )
+        return _changes(type_url, snapshot, changed, sub, tuple(sorted(removed)))
     return None
 
 

@@ -195,12 +195,11 @@ class Subscription:
         # own map, this client shares it with the snapshot and every other client.
         sent = resources if full_state or not self.sent else self.sent.update(resources)
         self.sent = _without(sent, removed)
-        if self.type_url == ROUTE:
+        if self.type_url == ROUTE and not self.held_refs:
             # Nothing held yet: the counts are the response's, shared likewise.
-            held = not self.held_refs
-            self.held_refs = (
-                ref_counts(resources) if held else _counted(self.held_refs, resources.values(), 1)
-            )
+            self.held_refs = _ref_counts(resources)
+        else:
+            self._count(resources.values(), 1)
         self.told_missing |= {n for n in removed if n in self.names}
         # The response was planned from this state, so it settled every unsettled name.
         self.unsettled.clear()
@@ -261,7 +260,7 @@ class Subscription:
             self.acked = self.acked.delete(name)
             self._count((old,), -1)
 
-    def _count(self, resources: Iterable[Resource], step: int = -1) -> None:
+    def _count(self, resources: Iterable[Resource], step: int) -> None:
         if self.type_url == ROUTE:  # only a table's clusters are asked about
             self.held_refs = _counted(self.held_refs, resources, step)
 
@@ -312,7 +311,7 @@ def _counted(counts: Map, resources: Iterable[Resource], step: int) -> Map:
 _REF_COUNTS: dict[int, tuple[Map, Map]] = {}
 
 
-def ref_counts(tables: Map) -> Map:
+def _ref_counts(tables: Map) -> Map:
     """How many of `tables` name each cluster.
 
     Remembered for the few latest maps it was asked about, by identity: every
