@@ -19,9 +19,10 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from knative_xds.model import ObjectKey, Visibility
+from knative_xds.model import ObjectKey
+from knative_xds.model.from_routes import revision_cluster
 from knative_xds.resources import ENDPOINT, PUSH_ORDER, ROUTE
-from knative_xds.translate.names import cluster_name, route_table_name
+from knative_xds.translate.names import Listener, route_table_name
 
 from .common import route_name
 
@@ -87,9 +88,9 @@ def envoy_names(routes: int) -> dict[str, list[str]]:
     """
     keys = [ObjectKey("default", route_name(i)) for i in range(routes)]
     return {
-        ROUTE: [route_table_name(v, k) for k in keys for v in Visibility],
+        ROUTE: [route_table_name(v, k) for k in keys for v in (Listener.EXTERNAL, Listener.INTERNAL)],
         ENDPOINT: [
-            cluster_name(ObjectKey(k.namespace, f"{k.name}-{n}"))
+            revision_cluster(ObjectKey(k.namespace, f"{k.name}-{n}"))
             for k in keys
             for n in ("00001", "00002")
         ],

@@ -28,6 +28,7 @@ from .resources import (
     PUSH_ORDER,
     ROUTE,
     SCOPED_ROUTE,
+    SECRET,
     Resource,
     short,
 )
@@ -208,14 +209,16 @@ def _differs(old: Resource | None, new: Resource) -> bool:
     return old is None or old.version != new.version
 
 
-# What each type names by reference: a dangling one would leave a route without a target.
-_REFERS_TO = {LISTENER: ROUTE, SCOPED_ROUTE: ROUTE, ROUTE: CLUSTER}
+# What each type names by reference: a dangling one would leave a route without a target,
+# a cluster without endpoints, or an HTTPS listener without its certificate.
+_REFERS_TO = {LISTENER: SECRET, SCOPED_ROUTE: ROUTE, ROUTE: CLUSTER, CLUSTER: ENDPOINT}
 
 
 def check_consistency(
     resources: Mapping[str, Mapping[str, Resource]], changed: Mapping[str, frozenset[str]]
 ) -> None:
-    """Every scope's route table, every route's cluster and every cluster's endpoints exist.
+    """Every scope's route table, every route's cluster, every EDS cluster's endpoints and
+    every listener's certificates exist.
 
     Changed resources are checked against what they name; the full scan for
     something still naming a removed resource runs only when one was removed.
@@ -237,8 +240,6 @@ def check_consistency(
                         f"{short(source_type)} {source.name} still needs {sorted(dangling)[:5]}"
                     )
     clusters, endpoints = resources.get(CLUSTER, {}), resources.get(ENDPOINT, {})
-    for name in changed.get(CLUSTER, frozenset()) | changed.get(ENDPOINT, frozenset()):
-        if (name in clusters) != (name in endpoints):
-            raise InconsistentSnapshot(
-                f"cluster {name} and its endpoints must come and go together"
-            )
+    for name in changed.get(ENDPOINT, frozenset()):
+        if name in endpoints and name not in clusters:
+            raise InconsistentSnapshot(f"endpoints {name} have no cluster")

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .translate.names import EXTERNAL, INTERNAL
+from .translate.names import Listener
 
 XDS_CLUSTER = "xds"
 ENV_BINARY = "KNATIVE_XDS_ENVOY"
@@ -49,7 +49,7 @@ class EnvoyStats(StrEnum):
 # slower at 10,000 clusters than keeping no stats at all.
 GATEWAY_STATS_LEFT_OUT = (
     "cluster.",
-    *(f"http.{listener}.rds." for listener in (EXTERNAL, INTERNAL)),
+    *(f"http.{listener.value}.rds." for listener in Listener),
 )
 
 

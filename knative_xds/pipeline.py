@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from .cache import InconsistentSnapshot, Snapshot, SnapshotCache
 from .model import Problem, RawObject, Resolver, Update
-from .model.resolve import Ident
-from .resources import CLUSTER, ENDPOINT, PUSH_ORDER
+from .model.kinds import Ident
+from .resources import CLUSTER, ENDPOINT, PUSH_ORDER, SECRET
 from .translate import Delta, Translator
 
 log = logging.getLogger(__name__)
@@ -136,13 +136,13 @@ class Pipeline:
         started = time.perf_counter()
         with bulk_allocation():
             update = self.resolver.apply(changes)
-            first = self.translator.translate_revisions(update)
-            self._publish(first, loaded=(CLUSTER, ENDPOINT))
+            first = self.translator.translate_backends(update)
+            self._publish(first, loaded=(CLUSTER, ENDPOINT, SECRET))
             await asyncio.sleep(0)
             rest = Delta()
-            keys = sorted(update.changed_routes)
+            keys = sorted(update.changed_ingresses)
             for at in range(0, len(keys), ROUTES_PER_STEP):
-                self.translator.translate_routes(update, keys[at : at + ROUTES_PER_STEP], rest)
+                self.translator.translate_ingresses(update, keys[at : at + ROUTES_PER_STEP], rest)
                 await asyncio.sleep(0)
             snapshot = self._publish(rest)
         self._report()

@@ -23,18 +23,27 @@ ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
 SCOPED_ROUTE = _PREFIX + "envoy.config.route.v3.ScopedRouteConfiguration"
 CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 
 # Make-before-break: a cluster exists (and has endpoints) before a route uses it.
 # Removals go the other way, which the server achieves by keeping a removed
 # cluster until no route the client holds still refers to it.
+# Certificates (SDS) come before the HTTPS listener that names them.
 # Scopes come before the route tables they name: Envoy asks for a table once it
 # sees the scope, and the table then waits for its clusters (server/plan.py).
-PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, SCOPED_ROUTE, ROUTE)
+PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, SECRET, LISTENER, SCOPED_ROUTE, ROUTE)
 
 # LDS, CDS and SRDS are wildcard, full-state types: a SotW response carries all of them.
 FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER, SCOPED_ROUTE})
 
-SHORT_NAMES = {LISTENER: "LDS", ROUTE: "RDS", SCOPED_ROUTE: "SRDS", CLUSTER: "CDS", ENDPOINT: "EDS"}
+SHORT_NAMES = {
+    LISTENER: "LDS",
+    ROUTE: "RDS",
+    SCOPED_ROUTE: "SRDS",
+    CLUSTER: "CDS",
+    ENDPOINT: "EDS",
+    SECRET: "SDS",
+}
 
 
 def short(type_url: str) -> str:

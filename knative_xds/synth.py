@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .model.objects import (
+from .model.kinds import (
     ACTIVATOR_SERVICE,
     KNATIVE_NAMESPACE,
     REVISION_LABEL,

@@ -14,18 +14,20 @@ import pytest
 from knative_xds import synth
 from knative_xds.model import (
     ActivatorEndpoints,
+    Backend,
     Endpoint,
-    HostRule,
+    Ingress,
     ObjectKey,
+    Path,
     Problem,
     Protocol,
     Resolver,
-    Revision,
-    Route,
+    Rule,
     Split,
     Visibility,
 )
-from knative_xds.model.objects import BURST_CAPACITY_ANNOTATION, SERVICE_TYPE_LABEL
+from knative_xds.model.from_routes import NAMESPACE_HEADER, REVISION_HEADER, TAG_HEADER
+from knative_xds.model.kinds import BURST_CAPACITY_ANNOTATION, SERVICE_TYPE_LABEL
 from tests.helpers import changes, deleted, ident, resolve, with_labels, with_metadata
 
 NS = "default"
@@ -40,24 +42,48 @@ def key(name: str, ns: str = NS) -> ObjectKey:
     return ObjectKey(ns, name)
 
 
-def rev(name: str, **overrides: Any) -> Revision:
-    return Revision(key=key(name), **overrides)
+def rev(name: str, ns: str = NS, **overrides: Any) -> Backend:
+    """A revision's backend, as the Route input makes it (timeout 300 s unless given)."""
+    overrides.setdefault("timeout_seconds", 300)
+    return Backend(name=f"{ns}/{name}", revision=key(name, ns), **overrides)
+
+
+def split(revision: str, percent: int, ns: str = NS) -> Split:
+    return Split(f"{ns}/{revision}", percent, ((NAMESPACE_HEADER, ns), (REVISION_HEADER, revision)))
 
 
 def splits(*pairs: tuple[str, int]) -> tuple[Split, ...]:
-    return tuple(Split(r, p) for r, p in pairs)
+    return tuple(sorted(split(r, p) for r, p in pairs))
 
 
-def ext(host: str, to: tuple[Split, ...], tag_headers: tuple = ()) -> HostRule:
-    return HostRule(EXTERNAL, (host,), to, tag_headers)
+def paths(to: tuple[Split, ...], tag_headers: tuple = ()) -> tuple[Path, ...]:
+    """A Route's paths: one per tag header (when on), then the default."""
+    tagged = [Path((split(r, 100),), match_headers=((TAG_HEADER, t),)) for t, r in tag_headers]
+    return (*tagged, Path(to))
 
 
-def local(name: str, to: tuple[Split, ...], tag_headers: tuple = (), ns: str = NS) -> HostRule:
+def tag_headers_of(rule: Rule) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (dict(p.match_headers)[TAG_HEADER], p.splits[0].headers[1][1])
+        for p in rule.paths
+        if p.match_headers
+    )
+
+
+def Route(key: ObjectKey, rules: tuple[Rule, ...], revisions: tuple[Backend, ...]) -> Ingress:  # noqa: N802
+    return Ingress(key=key, rules=rules, backends=revisions)
+
+
+def ext(host: str, to: tuple[Split, ...], tag_headers: tuple = ()) -> Rule:
+    return Rule(EXTERNAL, (host,), paths(to, tag_headers))
+
+
+def local(name: str, to: tuple[Split, ...], tag_headers: tuple = (), ns: str = NS) -> Rule:
     base = f"{name}.{ns}"
-    return HostRule(LOCAL, (f"{base}.svc.cluster.local", f"{base}.svc", base), to, tag_headers)
+    return Rule(LOCAL, (f"{base}.svc.cluster.local", f"{base}.svc", base), paths(to, tag_headers))
 
 
-def public(name: str, to: tuple[Split, ...], domain: str = "example.com") -> tuple[HostRule, ...]:
+def public(name: str, to: tuple[Split, ...], domain: str = "example.com") -> tuple[Rule, ...]:
     """The two rules of a public host: its external name and its in-cluster names."""
     return (ext(f"{name}.{NS}.{domain}", to), local(name, to))
 
@@ -185,7 +211,7 @@ def test_invalid_route_is_an_error_for_that_route_only(case: Invalid) -> None:
     assert case.says in problem.message
     assert update.problems == resolver.problems()
     # The other Route is served, untouched; the bad one is not.
-    assert dict(update.state.routes) == {key("other"): OTHER}
+    assert dict(update.state.ingresses) == {key("other"): OTHER}
 
 
 def test_configuration_without_a_ready_revision_is_an_error() -> None:
@@ -196,7 +222,7 @@ def test_configuration_without_a_ready_revision_is_an_error() -> None:
         ("Route", "default/bad", "spec.traffic[0].configurationName")
     ]
     assert "no ready revision" in resolver.problems()[0].message
-    assert set(update.state.routes) == {key("other")}
+    assert set(update.state.ingresses) == {key("other")}
 
 
 # -- valid Routes: the whole resolved value ------------------------------------------------
@@ -304,10 +330,10 @@ VALID = {
         Route(
             key("hello", "team"),
             (
-                ext("hello.team.example.com", splits(("hello-1", 100))),
-                local("hello", splits(("hello-1", 100)), ns="team"),
+                ext("hello.team.example.com", (split("hello-1", 100, ns="team"),)),
+                local("hello", (split("hello-1", 100, ns="team"),), ns="team"),
             ),
-            (Revision(key("hello-1", "team")),),
+            (rev("hello-1", ns="team"),),
         ),
     ),
 }
@@ -317,7 +343,7 @@ VALID = {
 def test_valid_route_resolves_to(case: Valid) -> None:
     resolver, update = resolve([*base_world(), *case.objects])
     assert resolver.problems() == ()
-    assert dict(update.state.routes) == {key("other"): OTHER, case.want.key: case.want}
+    assert dict(update.state.ingresses) == {key("other"): OTHER, case.want.key: case.want}
 
 
 @pytest.mark.parametrize(
@@ -331,7 +357,7 @@ def test_target_burst_capacity_minus_one_pins_the_activator(burst: str, pinned: 
         synth.route("hello", [T("hello-1", 100)]),
     ]
     _, update = resolve(objs)
-    assert update.state.routes[HELLO].revisions == (rev("hello-1", activator_always=pinned),)
+    assert update.state.ingresses[HELLO].backends == (rev("hello-1", activator_always=pinned),)
 
 
 # -- bad edits: the last good version keeps serving ----------------------------------------
@@ -358,18 +384,18 @@ BAD_EDITS = {
 @pytest.mark.parametrize(("bad", "field"), BAD_EDITS.values(), ids=BAD_EDITS.keys())
 def test_last_good_route_serves_after_bad_edit(bad: dict[str, Any], field: str) -> None:
     resolver, update = resolve([*base_world(), GOOD])
-    assert update.state.routes[HELLO] == GOOD_ROUTE
+    assert update.state.ingresses[HELLO] == GOOD_ROUTE
 
     update = resolver.apply(changes(bad, origin="edited.yaml"))
-    assert update.state.routes[HELLO] == GOOD_ROUTE
-    assert update.changed_routes == frozenset()
+    assert update.state.ingresses[HELLO] == GOOD_ROUTE
+    assert update.changed_ingresses == frozenset()
     assert route_problems(resolver) == [("Route", "default/hello", field)]
     assert resolver.problems()[0].origin == "edited.yaml"
 
     update = resolver.apply(changes(FIXED))
     assert resolver.problems() == ()
-    assert update.state.routes[HELLO] == FIXED_ROUTE
-    assert update.changed_routes == {HELLO}
+    assert update.state.ingresses[HELLO] == FIXED_ROUTE
+    assert update.changed_ingresses == {HELLO}
 
 
 def test_deleting_a_route_with_a_problem_clears_the_problem() -> None:
@@ -377,8 +403,8 @@ def test_deleting_a_route_with_a_problem_clears_the_problem() -> None:
     resolver.apply(changes(synth.route("hello", [T("hello-1", 90)])))
     update = resolver.apply(deleted(GOOD))
     assert resolver.problems() == ()
-    assert set(update.state.routes) == {key("other")}
-    assert update.changed_routes == {HELLO}
+    assert set(update.state.ingresses) == {key("other")}
+    assert update.changed_ingresses == {HELLO}
 
 
 def test_route_unready_revision_becomes_ready_later() -> None:
@@ -386,8 +412,8 @@ def test_route_unready_revision_becomes_ready_later() -> None:
     assert route_problems(resolver) == [("Route", "default/hello", "spec.traffic[0]")]
     update = resolver.apply(changes(synth.revision("hello-3", ready=True)))
     assert resolver.problems() == ()
-    assert update.changed_routes == {HELLO}
-    assert update.state.routes[HELLO].revisions == (rev("hello-3"),)
+    assert update.changed_ingresses == {HELLO}
+    assert update.state.ingresses[HELLO].backends == (rev("hello-3"),)
 
 
 def test_objects_staged_in_parts_resolve_as_if_applied_at_once() -> None:
@@ -401,18 +427,18 @@ def test_objects_staged_in_parts_resolve_as_if_applied_at_once() -> None:
     _, at_once = resolve([obj for part in parts for obj in part])
 
     assert staged.problems() == ()  # no Route was resolved before its Revision came
-    assert update.changed_routes == at_once.changed_routes
-    assert dict(update.state.routes) == dict(at_once.state.routes)
-    assert update.state.routes[HELLO].revisions == (rev("hello-3"),)
-    assert staged.resolve().changed_routes == frozenset()  # nothing left staged
+    assert update.changed_ingresses == at_once.changed_ingresses
+    assert dict(update.state.ingresses) == dict(at_once.state.ingresses)
+    assert update.state.ingresses[HELLO].backends == (rev("hello-3"),)
+    assert staged.resolve().changed_ingresses == frozenset()  # nothing left staged
 
 
 def test_configuration_moving_to_a_new_revision_moves_its_routes() -> None:
     route = synth.route("hello", [T(configuration="hello", percent=100)])
     resolver, _ = resolve([*base_world(), route])
     update = resolver.apply(changes(synth.configuration("hello", "hello-1")))
-    assert update.changed_routes == {HELLO}
-    assert update.state.routes[HELLO] == GOOD_ROUTE
+    assert update.changed_ingresses == {HELLO}
+    assert update.state.ingresses[HELLO] == GOOD_ROUTE
 
 
 # Parse errors of other kinds: the object's last good parse keeps serving.
@@ -469,8 +495,8 @@ def test_parse_error_keeps_last_good_parse(bad: dict[str, Any], where: tuple) ->
     update = resolver.apply(changes(bad))
     assert route_problems(resolver) == [where]
     assert update.state == before.state
-    assert update.changed_routes == frozenset()
-    assert update.changed_pods == frozenset()
+    assert update.changed_ingresses == frozenset()
+    assert update.changed_backends == frozenset()
 
     resolver.apply(changes(good))  # the fix clears the problem
     assert resolver.problems() == ()
@@ -503,26 +529,26 @@ def test_host_conflict_goes_to_the_second_route_until_the_first_is_deleted(
     [problem] = resolver.problems()
     assert (problem.kind, problem.key, problem.field) == ("Route", str(second_route.key), "hosts")
     assert "'v2-hello.default.example.com'" in problem.message
-    assert set(update.state.routes) == {key("other"), key(first["metadata"]["name"])}
+    assert set(update.state.ingresses) == {key("other"), key(first["metadata"]["name"])}
 
     update = resolver.apply(deleted(first))
     assert resolver.problems() == ()
-    assert dict(update.state.routes) == {key("other"): OTHER, second_route.key: second_route}
-    assert update.changed_routes == {HELLO, key("v2-hello")}
+    assert dict(update.state.ingresses) == {key("other"): OTHER, second_route.key: second_route}
+    assert update.changed_ingresses == {HELLO, key("v2-hello")}
 
 
 def test_host_conflict_in_one_batch_goes_to_the_later_name() -> None:
     resolver, update = resolve([*base_world(), TAGGED, PLAIN])
     assert route_problems(resolver) == [("Route", "default/v2-hello", "hosts")]
-    assert update.state.routes[HELLO] == TAGGED_ROUTE
+    assert update.state.ingresses[HELLO] == TAGGED_ROUTE
 
 
 def test_host_conflict_freed_by_an_edit_of_the_first_route() -> None:
     resolver, _ = resolve([*base_world(), TAGGED, PLAIN])
     update = resolver.apply(changes(synth.route("hello", [T("hello-1", 100)])))
     assert resolver.problems() == ()
-    assert update.changed_routes == {HELLO, key("v2-hello")}
-    assert update.state.routes[key("v2-hello")] == PLAIN_ROUTE
+    assert update.changed_ingresses == {HELLO, key("v2-hello")}
+    assert update.state.ingresses[key("v2-hello")] == PLAIN_ROUTE
 
 
 def test_domain_template_without_namespace_makes_namespaces_conflict() -> None:
@@ -539,9 +565,9 @@ def test_domain_template_without_namespace_makes_namespaces_conflict() -> None:
     [problem] = resolver.problems()
     assert (problem.key, problem.field) == ("b/hello", "hosts")
     assert "'hello.example.com'" in problem.message
-    assert external_hosts(update.state.routes[key("hello", "a")]) == ("hello.example.com",)
+    assert external_hosts(update.state.ingresses[key("hello", "a")]) == ("hello.example.com",)
     # b/hello keeps its last good hosts.
-    assert update.state.routes[key("hello", "b")] == before.state.routes[key("hello", "b")]
+    assert update.state.ingresses[key("hello", "b")] == before.state.ingresses[key("hello", "b")]
 
     update = resolver.apply(deleted(flat))
     assert resolver.problems() == ()
@@ -561,7 +587,7 @@ def test_a_route_giving_one_host_twice_is_an_error(template: str, traffic: list)
     resolver, update = resolve([*base_world(), config, synth.route("hello", traffic)])
     assert route_problems(resolver) == [("Route", "default/hello", "hosts")]
     assert "given twice" in resolver.problems()[0].message
-    assert dict(update.state.routes) == {key("other"): OTHER}
+    assert dict(update.state.ingresses) == {key("other"): OTHER}
 
 
 # With a dot in the tag-template, Route `hello` tagged `v2` answers inside at
@@ -591,12 +617,12 @@ def test_cluster_local_hosts_sharing_their_first_two_labels_conflict_until_the_f
     assert "internal scope 'v2.hello'" in problem.message
     assert f"route {first_key}" in problem.message and "tag-template" in problem.message
     # The first keeps serving as it was; the second serves nothing until the conflict goes.
-    assert update.state.routes[first_key] is before.state.routes[first_key]
-    assert second_key not in update.state.routes
+    assert update.state.ingresses[first_key] is before.state.ingresses[first_key]
+    assert second_key not in update.state.ingresses
 
     update = resolver.apply(deleted(first))
     assert resolver.problems() == ()
-    assert set(update.state.routes) == {key("other"), second_key}
+    assert set(update.state.ingresses) == {key("other"), second_key}
 
 
 def test_an_exact_cluster_local_host_conflict_names_the_host() -> None:
@@ -609,7 +635,7 @@ def test_an_exact_cluster_local_host_conflict_names_the_host() -> None:
     assert problem.message == (
         "host 'v2-hello.default.svc.cluster.local' is already served by route default/hello"
     )
-    assert set(update.state.routes) == {key("other"), HELLO}
+    assert set(update.state.ingresses) == {key("other"), HELLO}
 
 
 def test_a_persistent_host_conflict_costs_nothing_on_unrelated_updates(
@@ -666,7 +692,7 @@ def test_config_domain(data: dict[str, str], labels: dict[str, str], hosts: tupl
     objs = [*base_world(), with_labels(HELLO_1, **labels), synth.config_map("config-domain", data)]
     resolver, update = resolve(objs)
     assert resolver.problems() == ()
-    assert external_hosts(update.state.routes[HELLO]) == hosts
+    assert external_hosts(update.state.ingresses[HELLO]) == hosts
 
 
 NETWORK = {
@@ -699,10 +725,10 @@ def test_config_network(data: dict[str, str], hosts: tuple, tag_headers: tuple) 
     objs = [*base_world(), HELLO_1, synth.config_map("config-network", data)]
     resolver, update = resolve(objs)
     assert resolver.problems() == ()
-    route = update.state.routes[HELLO]
+    route = update.state.ingresses[HELLO]
     assert external_hosts(route) == hosts
     # Only the main host carries header routes (on both listeners).
-    assert [r.tag_headers for r in route.rules] == [tag_headers, tag_headers, (), ()]
+    assert [tag_headers_of(r) for r in route.rules] == [tag_headers, tag_headers, (), ()]
 
 
 BAD_CONFIG = {
@@ -747,12 +773,12 @@ def test_invalid_config_map_is_an_error_on_its_key_and_keeps_the_last_good(
     objs = [*base_world(), HELLO_1, *(synth.config_map(n, d) for n, d in good.items())]
     resolver, before = resolve(objs)
     assert resolver.problems() == ()
-    assert external_hosts(before.state.routes[HELLO])[0] == "hello-default.example.org"
+    assert external_hosts(before.state.ingresses[HELLO])[0] == "hello-default.example.org"
 
     update = resolver.apply(changes({**synth.config_map(name, {}), "data": data}))
     assert route_problems(resolver) == [("ConfigMap", f"knative-serving/{name}", field)]
-    assert update.state.routes == before.state.routes
-    assert update.changed_routes == frozenset()
+    assert update.state.ingresses == before.state.ingresses
+    assert update.changed_ingresses == frozenset()
 
     resolver.apply(changes(synth.config_map(name, good[name])))
     assert resolver.problems() == ()
@@ -762,8 +788,8 @@ def test_deleting_config_network_restores_the_defaults() -> None:
     objs = [*base_world(), HELLO_1, synth.config_map("config-network", NETWORK["tag-template"][0])]
     resolver, _ = resolve(objs)
     update = resolver.apply(deleted(synth.config_map("config-network", {})))
-    assert update.changed_routes == {HELLO}
-    assert external_hosts(update.state.routes[HELLO])[1] == "v2-hello.default.example.com"
+    assert update.changed_ingresses == {HELLO}
+    assert external_hosts(update.state.ingresses[HELLO])[1] == "v2-hello.default.example.com"
 
 
 # -- EndpointSlices ------------------------------------------------------------------------
@@ -844,8 +870,12 @@ SLICES = {
 
 @pytest.mark.parametrize(("objs", "kwargs", "pods"), SLICES.values(), ids=SLICES.keys())
 def test_endpoint_slices_give_ready_pods(objs: list, kwargs: dict, pods: dict) -> None:
-    _, update = resolve([*base_world(), *objs], **kwargs)
-    assert dict(update.state.pods) == {key(r): eps for r, eps in pods.items()}
+    # Endpoints are chosen for the backends in use: route to every revision of the row.
+    used = {"hello-1", *pods}  # `other` routes to hello-1
+    routes = [synth.route(f"to-{r}", [T(r, 100)]) for r in sorted(used - {"hello-1"})]
+    _, update = resolve([*base_world(), *objs, *routes], **kwargs)
+    want = {f"{NS}/{r}": () for r in used} | {f"{NS}/{r}": eps for r, eps in pods.items()}
+    assert dict(update.state.endpoints) == want
     assert update.state.activator == ActivatorEndpoints()
 
 
@@ -881,7 +911,8 @@ ACTIVATORS = {
 def test_activator_slice_is_recognised(objs: list, want: ActivatorEndpoints) -> None:
     _, update = resolve([*base_world(), *objs])
     assert update.state.activator == want
-    assert dict(update.state.pods) == {}
+    # No pod is ready: the revision in use is served by the activator.
+    assert dict(update.state.endpoints) == {f"{NS}/hello-1": want.http}
 
 
 # -- Update: exactly what changed ------------------------------------------------------------
@@ -891,8 +922,8 @@ def test_activator_slice_is_recognised(objs: list, want: ActivatorEndpoints) -> 
 class Step:
     objs: list[dict[str, Any]]
     routes: set[str] = field(default_factory=set)
-    pods: set[str] = field(default_factory=set)
-    activator: bool = False
+    # Revision backends whose definition or chosen endpoints changed, or that came or went.
+    backends: set[str] = field(default_factory=set)
     delete: bool = False
     resolved: set[str] | None = None  # Routes re-resolved, when the row pins it
 
@@ -907,21 +938,28 @@ STEPS = {
     "route-added": Step([synth.route("c", [T("hello-2", 100)])], routes={"c"}),
     "route-deleted": Step([A], routes={"a"}, delete=True),
     "revision-edit-reaches-its-routes-only": Step(
-        [synth.revision("hello-1", timeout=30)], routes={"a", "other"}, resolved={"a", "other"}
+        [synth.revision("hello-1", timeout=30)],
+        routes={"a", "other"},
+        backends={"hello-1"},
+        resolved={"a", "other"},
     ),
     "revision-edit-without-effect": Step(
         [synth.revision("hello-1", command=["serve"])], resolved={"a", "other"}
     ),
-    "configuration-moves": Step([synth.configuration("hello", "hello-1")], routes={"b"}),
-    "endpoint-slice-added": Step([SLICE_1], pods={"hello-1"}, resolved=set()),
+    "configuration-moves": Step(
+        [synth.configuration("hello", "hello-1")], routes={"b"}, backends={"hello-2"}
+    ),
+    "endpoint-slice-added": Step([SLICE_1], backends={"hello-1"}, resolved=set()),
     "endpoint-slice-of-unused-revision": Step(
-        [synth.endpoint_slice("hello-9", ["10.0.0.5"], 8012)], pods={"hello-9"}, resolved=set()
+        [synth.endpoint_slice("hello-9", ["10.0.0.5"], 8012)], resolved=set()
     ),
     "endpoint-slice-only-not-ready": Step(
         [synth.endpoint_slice("hello-1", [], 8012, not_ready=["10.0.0.1"])], resolved=set()
     ),
     "activator-slice": Step(
-        [synth.activator_slice("10.1.0.1", 8012, 8013)], activator=True, resolved=set()
+        [synth.activator_slice("10.1.0.1", 8012, 8013)],
+        backends={"hello-1", "hello-2"},
+        resolved=set(),
     ),
     "tag-template-reaches-tagged-routes": Step(
         [synth.config_map("config-network", {"tag-template": "{{.Tag}}-at-{{.Name}}"})],
@@ -934,13 +972,13 @@ STEPS = {
 def count_resolutions(monkeypatch: pytest.MonkeyPatch, resolver: Resolver) -> list[str]:
     """Record the name of each Route the resolver re-resolves from now on."""
     seen: list[str] = []
-    real = resolver._resolve_route
+    real = resolver._resolve_one
 
-    def counting(key: ObjectKey) -> None:
-        seen.append(key.name)
-        real(key)
+    def counting(ident: tuple[str, ObjectKey]) -> None:
+        seen.append(ident[1].name)
+        real(ident)
 
-    monkeypatch.setattr(resolver, "_resolve_route", counting)
+    monkeypatch.setattr(resolver, "_resolve_one", counting)
     return seen
 
 
@@ -951,9 +989,8 @@ def test_update_names_exactly_what_changed(step: Step, monkeypatch: pytest.Monke
     update = resolver.apply(deleted(*step.objs) if step.delete else changes(*step.objs))
 
     assert resolver.problems() == ()
-    assert update.changed_routes == {key(n) for n in step.routes}
-    assert update.changed_pods == {key(n) for n in step.pods}
-    assert update.activator_changed is step.activator
+    assert update.changed_ingresses == {key(n) for n in step.routes}
+    assert update.changed_backends == {f"{NS}/{n}" for n in step.backends}
     if step.resolved is not None:
         assert set(resolved) == step.resolved
 
@@ -967,7 +1004,7 @@ def test_unchanged_state_is_the_same_object() -> None:
 def test_route_identity_kept_when_re_resolved_to_an_equal_value() -> None:
     resolver, first = resolve([*base_world(), A])
     again = resolver.apply(changes(synth.revision("hello-1", command=["serve"])))
-    assert again.state.routes[key("a")] is first.state.routes[key("a")]
+    assert again.state.ingresses[key("a")] is first.state.ingresses[key("a")]
 
 
 def test_problem_text_names_origin_object_and_field() -> None:

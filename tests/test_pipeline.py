@@ -7,7 +7,7 @@ import asyncio
 from knative_xds import synth
 from knative_xds.model import ObjectKey
 from knative_xds.pipeline import ROUTES_PER_STEP
-from knative_xds.resources import CLUSTER, ENDPOINT, PUSH_ORDER, ROUTE
+from knative_xds.resources import CLUSTER, ENDPOINT, PUSH_ORDER, ROUTE, SECRET
 from tests.protocol.conftest import many_routes, new_plane, raw_objects
 
 
@@ -29,7 +29,7 @@ async def test_a_change_submitted_during_the_first_load_waits_for_it_and_is_appl
         # Several steps' worth of Routes, so the load yields to the loop in between.
         load = asyncio.create_task(pipeline.load(raw_objects(*many_routes(10 * ROUTES_PER_STEP))))
         await asyncio.sleep(0)  # the load has published its clusters and now yields
-        assert published == [({CLUSTER, ENDPOINT}, 0)]
+        assert published == [({CLUSTER, ENDPOINT, SECRET}, 0)]
         moved = synth.route("route-0", [synth.target("r-0-b", 100)])
         pipeline.submit(raw_objects(synth.revision("r-0-b", ready=True), moved))
         await load
@@ -40,8 +40,8 @@ async def test_a_change_submitted_during_the_first_load_waits_for_it_and_is_appl
         runner.cancel()
 
     state = plane.resolver.resolve().state
-    assert state.routes[ObjectKey("default", "route-0")].revisions[0].key.name == "r-0-b"
+    assert state.ingresses[ObjectKey("default", "route-0")].backends[0].name == "default/r-0-b"
     # Clusters first, then every table at once, then the change: never a partial set.
     tables = 2 * 10 * ROUTES_PER_STEP  # one per listener per Route
-    assert published[0] == ({CLUSTER, ENDPOINT}, 0)
+    assert published[0] == ({CLUSTER, ENDPOINT, SECRET}, 0)
     assert published[1:] and all(p == (frozenset(PUSH_ORDER), tables) for p in published[1:])

@@ -264,7 +264,7 @@ def test_one_split_edit_rebuilds_one_routes_tables_only(
     edit = synth.route("r7", [T("r7-a", 70), T("r7-b", 30, tag="b")])
     work = work_done(loaded, monkeypatch, edit)
     assert work.stats == Stats(
-        routes_translated=1,
+        ingresses_translated=1,
         clusters_built=0,
         endpoints_built=0,
         route_tables_built=2,
@@ -298,7 +298,7 @@ def test_one_tag_rename_sends_only_that_routes_changes(
     # the main host's are kept.
     old = {"external/b-r8.default.example.com", "internal/b-r8.default"}
     new = {"external/c-r8.default.example.com", "internal/c-r8.default"}
-    assert work.stats == Stats(routes_translated=1, route_tables_built=2, scopes_built=len(new))
+    assert work.stats == Stats(ingresses_translated=1, route_tables_built=2, scopes_built=len(new))
     assert loaded.removed == {SCOPED_ROUTE: old}
     assert work.touched == {
         ROUTE: {"external/default/r8", "internal/default/r8"},

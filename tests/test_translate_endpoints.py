@@ -19,7 +19,7 @@ from google.protobuf import duration_pb2, wrappers_pb2
 
 from knative_xds import synth
 from knative_xds.model import ActivatorMode
-from knative_xds.model.objects import BURST_CAPACITY_ANNOTATION
+from knative_xds.model.kinds import BURST_CAPACITY_ANNOTATION
 from knative_xds.resources import CLUSTER, ENDPOINT
 from tests.helpers import ads, assert_proto_equal, packed, translated, world
 

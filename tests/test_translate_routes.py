@@ -46,8 +46,8 @@ def weight(revision: str, percent: int, ns: str = NS) -> rc.WeightedCluster.Clus
         name=f"{ns}/{revision}",
         weight=wrappers_pb2.UInt32Value(value=percent),
         request_headers_to_add=[
-            set_header("Knative-Serving-Revision", revision),
             set_header("Knative-Serving-Namespace", ns),
+            set_header("Knative-Serving-Revision", revision),
         ],
     )
 
@@ -71,7 +71,7 @@ def tag_route(tag: str, revision: str, idle: int = 300) -> rc.Route:
         name="Knative-Serving-Tag", string_match=string_pb2.StringMatcher(exact=tag)
     )
     return rc.Route(
-        name=f"tag:{tag}",
+        name=f"Knative-Serving-Tag={tag}",
         match=rc.RouteMatch(prefix="/", headers=[header]),
         route=forward((revision, 100), idle=idle),
     )
@@ -105,10 +105,11 @@ def hosts_of(vhosts: list[rc.VirtualHost]) -> list[str]:
 
 
 def scope_keys(listener: str, vhosts: list[rc.VirtualHost]) -> list[str]:
-    """External: every host. Internal: each virtual host's short name, `name.namespace`."""
+    """External: every host. Internal: each virtual host's first two labels, which for a
+    cluster-local one is its short name, `name.namespace`."""
     if listener == "external":
         return hosts_of(vhosts)
-    return [hosts_of([v])[-1] for v in vhosts]
+    return [".".join(hosts_of([v])[0].split(".")[:2]) for v in vhosts]
 
 
 def clusters_of(vhosts: list[rc.VirtualHost]) -> set[str]:
@@ -271,13 +272,31 @@ TABLES = {
 }
 
 
+def _public_hosts_inside(case: Tables) -> Tables:
+    """ExternalIP hosts answer on the internal listener too (Knative's visibility contract):
+    an internal table holds each public virtual host before the cluster-local one of the
+    same traffic name, in the Route's rule order."""
+    want = dict(case.want)
+    for name, local in case.want.items():
+        public = case.want.get(name.replace("internal/", "external/", 1), [])
+        if name.startswith("internal/") and public:
+            want[name] = [v for pair in zip(public, local, strict=True) for v in pair]
+    return Tables(case.objects, want)
+
+
+TABLES = {name: _public_hosts_inside(case) for name, case in TABLES.items()}
+
+
 @pytest.mark.parametrize("case", TABLES.values(), ids=TABLES.keys())
 def test_route_tables(case: Tables) -> None:
     gateway = translated(*world(), *case.objects)
     assert gateway.names(ROUTE) == set(case.want)
     for name, vhosts in case.want.items():
         got = gateway.get(ROUTE, name, route_pb2.RouteConfiguration)
-        assert_proto_equal(got, route_pb2.RouteConfiguration(name=name, virtual_hosts=vhosts))
+        want = route_pb2.RouteConfiguration(
+            name=name, virtual_hosts=vhosts, most_specific_header_mutations_wins=True
+        )
+        assert_proto_equal(got, want)
         # A table refers to the clusters it sends to, so they are pushed before it.
         assert gateway.resources[ROUTE][name].refs == tuple(sorted(clusters_of(vhosts)))
 
@@ -354,8 +373,11 @@ def test_tag_names_of_one_route_that_share_their_first_two_labels_share_one_scop
         assert_proto_equal(got, want_scope("internal", key, INT))
     table = gateway.get(ROUTE, INT, route_pb2.RouteConfiguration)
     assert hosts_of(list(table.virtual_hosts)) == [
+        "hello.default.example.com",
         *svc("hello"),
+        "hello.t.v1.default.example.com",
         *svc("hello.t.v1"),
+        "hello.t.v2.default.example.com",
         *svc("hello.t.v2"),
     ]
 
@@ -363,12 +385,12 @@ def test_tag_names_of_one_route_that_share_their_first_two_labels_share_one_scop
 def test_route_action_has_timeout_zero_and_no_retries() -> None:
     gateway = translated(*world(), synth.route("hello", [T("hello-1", 100)]))
     for name in (EXT, INT):
-        [vh] = gateway.get(ROUTE, name, route_pb2.RouteConfiguration).virtual_hosts
-        action = vh.routes[0].route
-        # Present and zero: an unset timeout is Envoy's 15 s default.
-        assert action.HasField("timeout") and action.timeout.ToSeconds() == 0
-        assert not action.HasField("retry_policy")
-        assert not vh.HasField("retry_policy")
+        for vh in gateway.get(ROUTE, name, route_pb2.RouteConfiguration).virtual_hosts:
+            action = vh.routes[0].route
+            # Present and zero: an unset timeout is Envoy's 15 s default.
+            assert action.HasField("timeout") and action.timeout.ToSeconds() == 0
+            assert not action.HasField("retry_policy")
+            assert not vh.HasField("retry_policy")
 
 
 # -- edits ---------------------------------------------------------------------------------------
@@ -418,6 +440,7 @@ def test_renaming_a_tag_replaces_the_tag_hosts_scopes() -> None:
                 vhost("hello", HELLO_EXT, default_route(ONE)),
                 vhost("hello", V2_EXT, default_route(ONE)),
             ],
+            most_specific_header_mutations_wins=True,
         ),
     )
 

@@ -12,21 +12,22 @@ from __future__ import annotations
 import hashlib
 import marshal
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from .types import Endpoint, ObjectKey, Protocol, Revision
+from .kinds import (
+    ACTIVATOR_SERVICE,
+    BURST_CAPACITY_ANNOTATION,
+    KNATIVE_NAMESPACE,
+    REVISION_LABEL,
+    SERVICE_NAME_LABEL,
+    SERVICE_TYPE_LABEL,
+    VISIBILITY_LABEL,
+)
+from .types import Endpoint, ObjectKey, Protocol
 
-SERVING = "serving.knative.dev/v1"
-DISCOVERY = "discovery.k8s.io/v1"
-KNATIVE_NAMESPACE = "knative-serving"
-ACTIVATOR_SERVICE = "activator-service"
-REVISION_LABEL = "serving.knative.dev/revision"
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-SERVICE_TYPE_LABEL = "networking.internal.knative.dev/serviceType"
-VISIBILITY_LABEL = "networking.knative.dev/visibility"
-BURST_CAPACITY_ANNOTATION = "autoscaling.knative.dev/target-burst-capacity"
+T = TypeVar("T")
 
 # RFC 1035 label, as Knative validates tags.
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -121,9 +122,15 @@ class RouteSpec:
 
 @dataclass(frozen=True, slots=True)
 class RevisionSpec:
-    revision: Revision
-    ready: bool
-    reason: str
+    """What the data plane needs of a Knative Revision."""
+
+    key: ObjectKey
+    protocol: Protocol = Protocol.HTTP1
+    timeout_seconds: int = 300
+    # Knative's `autoscaling.knative.dev/target-burst-capacity: "-1"` pins the activator.
+    activator_always: bool = False
+    ready: bool = True
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +164,7 @@ class EndpointSliceSpec:
 # -- small typed getters that name the field on error ---------------------------------
 
 
-def _get(obj: Mapping[str, Any], path: str, want: type, default: Any = None) -> Any:
+def get(obj: Mapping[str, Any], path: str, want: type, default: Any = None) -> Any:
     value: Any = obj
     for part in path.split("."):
         if not _is_mapping(value):
@@ -170,6 +177,16 @@ def _get(obj: Mapping[str, Any], path: str, want: type, default: Any = None) -> 
     if not (_is_mapping(value) if want is Mapping else isinstance(value, want)):
         raise ObjectError(path, f"must be {_type_word(want)}, got {value!r}")
     return value
+
+
+def in_list(at: str, item: Any, parse: Callable[[Mapping[str, Any]], T]) -> T:
+    """Parse one item of a list of mappings; an error names its place (`at`) in the object."""
+    if not isinstance(item, Mapping):
+        raise ObjectError(at, f"must be a mapping, got {item!r}")
+    try:
+        return parse(item)
+    except ObjectError as e:
+        raise ObjectError(f"{at}.{e.field}" if e.field else at, e.message) from None
 
 
 def _is_mapping(value: Any) -> bool:
@@ -188,7 +205,7 @@ def string_map(obj: Mapping[str, Any], path: str) -> dict[str, str]:
     a Problem on that field, not an exception that stops the resolver. Scalars
     are read as strings, as a YAML `replicas: 1` would be meant.
     """
-    value = _get(obj, path, Mapping, {})
+    value = get(obj, path, Mapping, {})
     out: dict[str, str] = {}
     for k, v in value.items():
         if isinstance(v, Mapping | list):
@@ -205,7 +222,7 @@ def _type_word(want: type) -> str:
 
 
 def parse_route(raw: RawObject) -> RouteSpec:
-    traffic_raw = _get(raw.body, "spec.traffic", list, [])
+    traffic_raw = get(raw.body, "spec.traffic", list, [])
     if not traffic_raw:
         raise ObjectError("spec.traffic", "must list at least one traffic target")
     targets = tuple(_parse_target(i, t) for i, t in enumerate(traffic_raw))
@@ -219,10 +236,10 @@ def _parse_target(index: int, target: Any) -> TrafficSpec:
     if not isinstance(target, Mapping):
         raise ObjectError(at, f"must be a mapping, got {target!r}")
     try:
-        revision = _get(target, "revisionName", str)
-        configuration = _get(target, "configurationName", str)
-        percent = _get(target, "percent", int, 0)
-        tag = _get(target, "tag", str)
+        revision = get(target, "revisionName", str)
+        configuration = get(target, "configurationName", str)
+        percent = get(target, "percent", int, 0)
+        tag = get(target, "tag", str)
         latest = target.get("latestRevision")
     except ObjectError as e:
         raise ObjectError(f"{at}.{e.field}", e.message) from None
@@ -255,30 +272,31 @@ def _check_traffic(targets: tuple[TrafficSpec, ...]) -> None:
 
 
 def parse_revision(raw: RawObject) -> RevisionSpec:
-    containers = _get(raw.body, "spec.containers", list, [])
+    containers = get(raw.body, "spec.containers", list, [])
     protocol = Protocol.HTTP1
     if containers:
-        ports = _get(containers[0], "ports", list, []) if isinstance(containers[0], Mapping) else []
+        ports = get(containers[0], "ports", list, []) if isinstance(containers[0], Mapping) else []
         if ports and isinstance(ports[0], Mapping) and ports[0].get("name") == "h2c":
             protocol = Protocol.H2C
-    timeout = _get(raw.body, "spec.timeoutSeconds", int, 300)
+    timeout = get(raw.body, "spec.timeoutSeconds", int, 300)
     if timeout < 0:
         raise ObjectError("spec.timeoutSeconds", f"must not be negative, got {timeout}")
     burst = str(raw.annotations.get(BURST_CAPACITY_ANNOTATION, "")).strip()
     ready, reason = _ready_condition(raw.body)
-    revision = Revision(
+    return RevisionSpec(
         key=raw.key,
         protocol=protocol,
         timeout_seconds=timeout,
         activator_always=burst in ("-1", "-1.0"),
+        ready=ready,
+        reason=reason,
     )
-    return RevisionSpec(revision=revision, ready=ready, reason=reason)
 
 
 def _ready_condition(body: Mapping[str, Any]) -> tuple[bool, str]:
     """Knative's Ready condition. A revision with no status yet counts as ready:
     hand-written YAML rarely carries status, and the file source is for that."""
-    conditions = _get(body, "status.conditions", list, None)
+    conditions = get(body, "status.conditions", list, None)
     if conditions is None:
         return True, ""
     for c in conditions:
@@ -289,30 +307,30 @@ def _ready_condition(body: Mapping[str, Any]) -> tuple[bool, str]:
 
 
 def parse_configuration(raw: RawObject) -> ConfigurationSpec:
-    latest = _get(raw.body, "status.latestReadyRevisionName", str)
+    latest = get(raw.body, "status.latestReadyRevisionName", str)
     return ConfigurationSpec(key=raw.key, latest_ready_revision=latest)
 
 
 def parse_endpoint_slice(raw: RawObject) -> EndpointSliceSpec:
     labels = raw.labels
     addresses: list[str] = []
-    for i, ep in enumerate(_get(raw.body, "endpoints", list, [])):
+    for i, ep in enumerate(get(raw.body, "endpoints", list, [])):
         if not isinstance(ep, Mapping):
             raise ObjectError(f"endpoints[{i}]", f"must be a mapping, got {ep!r}")
         try:
-            conditions = _get(ep, "conditions", Mapping, {})
+            conditions = get(ep, "conditions", Mapping, {})
         except ObjectError as e:
             raise ObjectError(f"endpoints[{i}].{e.field}", e.message) from None
         # EndpointSlice: a nil `ready` means ready; only an explicit false is not.
         if conditions.get("ready") is False:
             continue
         try:
-            addrs = _get(ep, "addresses", list, [])
+            addrs = get(ep, "addresses", list, [])
         except ObjectError as e:
             raise ObjectError(f"endpoints[{i}].{e.field}", e.message) from None
         addresses.extend(str(a) for a in addrs)
     ports: list[tuple[str, int]] = []
-    for i, p in enumerate(_get(raw.body, "ports", list, [])):
+    for i, p in enumerate(get(raw.body, "ports", list, [])):
         if not isinstance(p, Mapping):
             raise ObjectError(f"ports[{i}]", f"must be a mapping, got {p!r}")
         port = p.get("port")

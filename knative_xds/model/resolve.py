@@ -1,12 +1,16 @@
-"""Raw Knative objects in, one consistent `State` out, touching only what changed.
+"""Raw objects in, one consistent `State` out, touching only what changed.
 
-The resolver keeps what it learned between updates: the last good parse of each
-object, the last good resolution of each Route, and which Routes depend on which
-Revisions and Configurations. An update re-parses the objects that changed and
-re-resolves only the Routes they touch, so an edit costs what it changes.
+Two inputs become one model: Knative Routes with their Revisions
+(`from_routes.py`) and KIngresses of our class with their Services and Secrets
+(`from_kingress.py`) each resolve into an `Ingress`. The resolver keeps what
+it learned between updates: the last good parse of each object, the last good
+resolution of each Ingress, and which Ingresses depend on which objects. An
+update re-parses the objects that changed and re-resolves only the Ingresses
+they touch, so an edit costs what it changes. Which endpoints each backend
+gets (the activator or ready pods) is decided here too (`backends.py`).
 
 Bad input never takes down what is serving: an object that fails to parse keeps
-its last good parse, and a Route that fails to resolve keeps its last good
+its last good parse, and an Ingress that fails to resolve keeps its last good
 resolution. Both are reported as `Problem`s until they are fixed or deleted.
 """
 
@@ -20,49 +24,50 @@ from typing import Any
 from immutables import Map
 
 from . import network as net
-from .endpoints import EndpointIndex
+from .backends import BackendIndex
+from .from_kingress import kingress_ingress
+from .from_routes import route_ingress
 from .hosts import HostClaims
-from .objects import (
+from .kinds import (
+    CONFIG_MAP,
+    CONFIGURATION,
+    DEFAULT_INGRESS_CLASS,
+    ENDPOINT_SLICE,
+    INGRESS,
+    KINDS,
     KNATIVE_NAMESPACE,
-    ConfigurationSpec,
+    NETWORK_CONFIG_MAPS,
+    REVISION,
+    ROUTE,
+    SECRET,
+    SERVICE,
+    Ident,
+)
+from .kingress import IngressSpec, ingress_class, parse_ingress, parse_secret, parse_service
+from .objects import (
     EndpointSliceSpec,
     ObjectError,
     RawObject,
-    RevisionSpec,
     RouteSpec,
     parse_configuration,
     parse_endpoint_slice,
     parse_revision,
     parse_route,
 )
-from .types import (
-    ActivatorMode,
-    HostRule,
-    ObjectKey,
-    Problem,
-    Revision,
-    Route,
-    Split,
-    State,
-    Visibility,
-)
-
-ROUTE = "Route"
-REVISION = "Revision"
-CONFIGURATION = "Configuration"
-ENDPOINT_SLICE = "EndpointSlice"
-CONFIG_MAP = "ConfigMap"
-KINDS = (ROUTE, REVISION, CONFIGURATION, ENDPOINT_SLICE, CONFIG_MAP)
-NETWORK_CONFIG_MAPS = ("config-domain", "config-network")
-
-Ident = tuple[str, ObjectKey]
+from .types import ActivatorMode, Certificate, Ingress, ObjectKey, Problem, State
 
 _PARSERS = {
     ROUTE: parse_route,
     REVISION: parse_revision,
     CONFIGURATION: parse_configuration,
     ENDPOINT_SLICE: parse_endpoint_slice,
+    INGRESS: parse_ingress,
+    SERVICE: parse_service,
+    SECRET: parse_secret,
 }
+# Kinds an Ingress is resolved from, and kinds an Ingress depends on.
+_INPUTS = (ROUTE, INGRESS)
+_DEPENDENCIES = (REVISION, CONFIGURATION, SERVICE, SECRET)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,17 +76,19 @@ class Update:
 
     state: State
     problems: tuple[Problem, ...]
-    changed_routes: frozenset[ObjectKey]
-    changed_pods: frozenset[ObjectKey]
-    activator_changed: bool
+    changed_ingresses: frozenset[ObjectKey]
+    # Backends (cluster names) added, removed, or whose definition or endpoints changed.
+    changed_backends: frozenset[str] = frozenset()
+    changed_certificates: frozenset[ObjectKey] = frozenset()
 
 
 @dataclass(slots=True)
 class _Dirty:
     """What staged objects touched, for the next `resolve`."""
 
-    routes: set[ObjectKey] = field(default_factory=set)
-    revisions: set[ObjectKey] = field(default_factory=set)
+    ingresses: set[Ident] = field(default_factory=set)
+    backends: set[str] = field(default_factory=set)
+    secrets: set[ObjectKey] = field(default_factory=set)
     activator: bool = False
     network: bool = False
 
@@ -94,8 +101,10 @@ class Resolver:
         *,
         activator_mode: ActivatorMode = ActivatorMode.AT_ZERO,
         follow_public_endpoints: bool = False,
+        ingress_class: str = DEFAULT_INGRESS_CLASS,
     ) -> None:
         self._mode = activator_mode
+        self._class = ingress_class
         # Per object: where it came from and a fingerprint of its content. Bodies are
         # not kept (at 10,000 revisions they would be the largest thing in memory),
         # except the ConfigMaps, which are re-read whole.
@@ -103,12 +112,14 @@ class Resolver:
         self._config_maps: dict[Ident, RawObject] = {}
         self._specs: dict[Ident, object] = {}
         self._parse_problems: dict[Ident, Problem] = {}
-        self._route_problems: dict[ObjectKey, Problem] = {}
-        self._routes: dict[ObjectKey, Route] = {}
-        self._users: defaultdict[Ident, set[ObjectKey]] = defaultdict(set)
-        self._deps: dict[ObjectKey, set[Ident]] = {}
+        self._ingress_problems: dict[Ident, Problem] = {}
+        self._ingresses: dict[ObjectKey, Ingress] = {}
+        self._users: defaultdict[Ident, set[Ident]] = defaultdict(set)
+        self._deps: dict[Ident, set[Ident]] = {}
+        self._secret_users: defaultdict[ObjectKey, set[ObjectKey]] = defaultdict(set)
+        self._certificates: dict[ObjectKey, Certificate] = {}
         self._hosts = HostClaims()
-        self._endpoints = EndpointIndex(follow_public=follow_public_endpoints)
+        self._backends = BackendIndex(follow_public=follow_public_endpoints, mode=activator_mode)
         self._network = net.NetworkConfig()
         self._state = State(activator_mode=activator_mode)
         self._dirty = _Dirty()
@@ -123,7 +134,7 @@ class Resolver:
         return self.resolve()
 
     def stage(self, changes: Mapping[Ident, RawObject | None]) -> None:
-        """Take objects in (parsed, indexed) without resolving Routes yet; `resolve` follows.
+        """Take objects in (parsed, indexed) without resolving Ingresses yet; `resolve` follows.
 
         A first load stages a few hundred files at a time, so the parsed YAML of
         25,000 objects is never all held at once.
@@ -131,48 +142,72 @@ class Resolver:
         dirty = self._dirty
         for ident, raw in changes.items():
             kind, key = ident
+            if kind == INGRESS and raw is not None and not self._ours(raw):
+                raw = None  # another class's (or no class): never served, never written
             if kind not in KINDS or not self._store(ident, raw):
                 continue
-            if kind == ROUTE:
-                dirty.routes.add(key)
-            elif kind in (REVISION, CONFIGURATION):
-                dirty.routes |= self._users.get(ident, set())
-                dirty.revisions.add(key)
+            if kind in _INPUTS:
+                # A Route and a KIngress of one name are one Ingress: the other must know.
+                dirty.ingresses |= {(k, key) for k in _INPUTS}
+            elif kind in _DEPENDENCIES:
+                dirty.ingresses |= self._users.get(ident, set())
+                if kind == SECRET:
+                    dirty.secrets.add(key)
             elif kind == ENDPOINT_SLICE:
-                rev, activator = self._endpoints.index(key, self._slice(key))
-                dirty.revisions |= rev
+                touched, activator = self._backends.index(key, self._slice(key))
+                dirty.backends |= touched
                 dirty.activator |= activator
             elif kind == CONFIG_MAP and key.namespace == KNATIVE_NAMESPACE:
                 dirty.network |= key.name in NETWORK_CONFIG_MAPS
 
+    def _ours(self, raw: RawObject) -> bool:
+        try:
+            return ingress_class(raw) == self._class
+        except ObjectError:
+            return False  # annotations that are not a map of strings name no class
+
     def resolve(self) -> Update:
         """Resolve what the objects staged since the last call touched; the new State."""
         dirty, self._dirty = self._dirty, _Dirty()
-        dirty_routes = dirty.routes
         if dirty.network:
             self._network = self._read_network()
-            dirty_routes |= {k for (kind, k) in self._seen if kind == ROUTE} | set(self._routes)
-        changed_routes = self._resolve_routes(dirty_routes)
-        changed_pods = self._endpoints.refresh_pods(dirty.revisions, self._slice, self._revision)
-        activator_dirty = dirty.activator and self._endpoints.refresh_activator(self._slice)
-        if changed_routes or changed_pods or activator_dirty:
+            dirty.ingresses |= {i for i in self._seen if i[0] == ROUTE}
+            dirty.ingresses |= {(ROUTE, k) for k, v in self._ingresses.items() if v.kind == ROUTE}
+        before = dict(self._ingresses)
+        changed = self._resolve_ingresses(dirty.ingresses)
+        touched = set(dirty.backends)
+        for key in changed:
+            old, new = before.get(key), self._ingresses.get(key)
+            touched |= self._backends.swap(old.backends if old else (), new.backends if new else ())
+            dirty.secrets |= self._swap_secrets(key, old, new)
+        changed_backends = self._backends.refresh(touched, self._slice)
+        if dirty.activator:
+            changed_backends |= self._backends.refresh_activator(self._slice)
+        changed_certs = self._refresh_certificates(dirty.secrets)
+        if changed or changed_backends or changed_certs or dirty.activator:
             last = self._state
             self._state = State(
-                routes=_carry(last.routes, self._routes, changed_routes),
-                pods=_carry(last.pods, self._endpoints.pods, changed_pods),
-                activator=self._endpoints.activator,
+                ingresses=_carry(last.ingresses, self._ingresses, changed),
+                endpoints=_carry(last.endpoints, self._backends.endpoints, changed_backends),
+                backends=_carry(last.backends, self._backends.backends, changed_backends),
+                certificates=_carry(last.certificates, self._certificates, changed_certs),
+                activator=self._backends.activator,
                 activator_mode=self._mode,
             )
         return Update(
             state=self._state,
             problems=self.problems(),
-            changed_routes=frozenset(changed_routes),
-            changed_pods=frozenset(changed_pods),
-            activator_changed=activator_dirty,
+            changed_ingresses=frozenset(changed),
+            changed_backends=frozenset(changed_backends),
+            changed_certificates=frozenset(changed_certs),
         )
 
     def problems(self) -> tuple[Problem, ...]:
-        return tuple(sorted([*self._parse_problems.values(), *self._route_problems.values()]))
+        return tuple(sorted([*self._parse_problems.values(), *self._ingress_problems.values()]))
+
+    def problem_of(self, ident: Ident) -> Problem | None:
+        """Why this object is not served as it is now (its parse, then its resolution)."""
+        return self._parse_problems.get(ident) or self._ingress_problems.get(ident)
 
     # -- objects ----------------------------------------------------------------------
 
@@ -231,139 +266,125 @@ class Resolver:
             self._specs[ident] = config
         return config
 
-    # -- routes -----------------------------------------------------------------------
+    # -- ingresses --------------------------------------------------------------------
 
-    def _resolve_routes(self, dirty: set[ObjectKey]) -> set[ObjectKey]:
+    def _resolve_ingresses(self, dirty: set[Ident]) -> set[ObjectKey]:
         changed: set[ObjectKey] = set()
         pending = dirty
         while pending:
             self._hosts.freed = False
-            for key in sorted(pending):
-                before = self._routes.get(key)
-                self._resolve_route(key)
-                if self._routes.get(key) is not before:
+            self._hosts.displaced = set()
+            for ident in sorted(pending):
+                key = ident[1]
+                before = self._ingresses.get(key)
+                self._resolve_one(ident)
+                if self._ingresses.get(key) is not before:
                     changed.add(key)
-            # A host freed in this pass may unblock a Route that lost a host conflict,
-            # whichever name sorts first: retry those after the pass, and only when a
-            # host was freed, so a lasting conflict costs nothing on unrelated updates.
-            # Each further pass needs a retried Route to succeed, so this ends.
-            pending = self._host_losers() if self._hosts.freed else set()
+            # A host freed in this pass may unblock an Ingress that lost a host conflict
+            # or has shadowed hosts, whichever name sorts first: retry those after the
+            # pass, and only when a host was freed, so a lasting conflict costs nothing on
+            # unrelated updates. Each further pass needs a retried Ingress to succeed (or
+            # a yielding claim to be taken, which only a firm one does), so this ends.
+            pending = self._retry() if self._hosts.freed else set()
+            pending |= {self._ident_of(k) for k in self._hosts.displaced if k in self._ingresses}
         return changed
 
-    def _host_losers(self) -> set[ObjectKey]:
-        return {k for k, p in self._route_problems.items() if p.field == "hosts"}
+    def _retry(self) -> set[Ident]:
+        losers = {i for i, p in self._ingress_problems.items() if p.field == "hosts"}
+        return losers | {self._ident_of(k) for k in self._hosts.shadowing if k in self._ingresses}
 
-    def _resolve_route(self, key: ObjectKey) -> None:
-        ident = (ROUTE, key)
+    def _ident_of(self, key: ObjectKey) -> Ident:
+        return (self._ingresses[key].kind, key)
+
+    def _resolve_one(self, ident: Ident) -> None:
+        kind, key = ident
         spec = self._specs.get(ident)
-        self._set_deps(key, set())
+        self._set_deps(ident, set())
+        served = self._ingresses.get(key)
         if spec is None:
-            self._route_problems.pop(key, None)
-            self._drop_route(key)
+            self._ingress_problems.pop(ident, None)
+            if served is not None and served.kind == kind:
+                self._drop(key)
             return
-        assert isinstance(spec, RouteSpec)
         origin = self._seen[ident][0] if ident in self._seen else ""
         deps: set[Ident] = set()
         try:
-            route = self._build_route(spec, deps)
-            self._hosts.claim(route, self._routes)
+            ingress = self._build(ident, spec, deps)
+            ingress = self._hosts.claim(ingress, self._ingresses)
         except ObjectError as e:
-            self._set_deps(key, deps)
-            self._route_problems[key] = Problem(origin, ROUTE, str(key), e.field, e.message)
+            self._set_deps(ident, deps)
+            self._ingress_problems[ident] = Problem(origin, kind, str(key), e.field, e.message)
             return  # the last good resolution, if any, keeps serving
-        self._set_deps(key, deps)
-        self._route_problems.pop(key, None)
-        previous = self._routes.get(key)
-        self._routes[key] = previous if previous == route else route
+        self._set_deps(ident, deps)
+        self._ingress_problems.pop(ident, None)
+        self._ingresses[key] = served if served == ingress else ingress
 
-    def _build_route(self, spec: RouteSpec, deps: set[Ident]) -> Route:
-        ns, name = spec.key.namespace, spec.key.name
-        revisions: dict[str, Revision] = {}
-        targets: list[tuple[str, int, str | None]] = []
-        for i, t in enumerate(spec.traffic):
-            rev_name = self._target_revision(ns, i, t.revision_name, t.configuration_name, deps)
-            revision = self._ready_revision(ns, i, rev_name, deps)
-            targets.append((rev_name, t.percent, t.tag))
-            if t.percent > 0 or t.tag:
-                revisions[rev_name] = revision
-        merged: dict[str, int] = defaultdict(int)
-        for rev_name, percent, _ in targets:
-            merged[rev_name] += percent
-        splits = tuple(sorted(Split(r, p) for r, p in merged.items() if p > 0))
-        tags = tuple(sorted((tag, rev) for rev, _, tag in targets if tag))
-        headers = tags if self._network.tag_header_routing else ()
-        rules = list(self._host_rules(spec, name, splits, headers))
-        for tag, rev in tags:
-            tagged = net.tag_name(self._network, name=name, tag=tag)
-            rules.extend(self._host_rules(spec, tagged, (Split(rev, 100),), ()))
-        return Route(
-            key=spec.key,
-            rules=tuple(rules),
-            revisions=tuple(revisions[r] for r in sorted(revisions)),
-        )
+    def _build(self, ident: Ident, spec: object, deps: set[Ident]) -> Ingress:
+        kind, key = ident
+        if kind == ROUTE:
+            assert isinstance(spec, RouteSpec)
+            return route_ingress(spec, self._network, self._find, deps)
+        assert isinstance(spec, IngressSpec)
+        if (ROUTE, key) in self._specs:
+            raise ObjectError(
+                "metadata.name",
+                f"route {key} of the same name is served from its Route and Revisions;"
+                " give one of them another name",
+            )
+        return kingress_ingress(spec, self._find, deps)
 
-    def _host_rules(
-        self, spec: RouteSpec, name: str, splits: tuple[Split, ...], headers: tuple
-    ) -> Iterable[HostRule]:
-        ns = spec.key.namespace
-        if not spec.cluster_local:
-            domain = self._network.domain_for(dict(spec.labels))
-            host = net.external_host(self._network, name=name, namespace=ns, domain=domain)
-            yield HostRule(Visibility.EXTERNAL, (host,), splits, headers)
-        yield HostRule(Visibility.CLUSTER_LOCAL, net.cluster_local_hosts(name, ns), splits, headers)
+    def _find(self, kind: str, key: ObjectKey) -> object:
+        return self._specs.get((kind, key))
 
-    def _target_revision(
-        self, ns: str, i: int, revision: str | None, configuration: str | None, deps: set[Ident]
-    ) -> str:
-        if revision:
-            return revision
-        assert configuration
-        ident = (CONFIGURATION, ObjectKey(ns, configuration))
-        deps.add(ident)
-        spec = self._specs.get(ident)
-        at = f"spec.traffic[{i}].configurationName"
-        if not isinstance(spec, ConfigurationSpec):
-            raise ObjectError(at, f"configuration {configuration!r} not found in namespace {ns!r}")
-        if not spec.latest_ready_revision:
-            raise ObjectError(at, f"configuration {configuration!r} has no ready revision yet")
-        return spec.latest_ready_revision
-
-    def _ready_revision(self, ns: str, i: int, name: str, deps: set[Ident]) -> Revision:
-        ident = (REVISION, ObjectKey(ns, name))
-        deps.add(ident)
-        spec = self._specs.get(ident)
-        at = f"spec.traffic[{i}]"
-        if not isinstance(spec, RevisionSpec):
-            raise ObjectError(at, f"revision {name!r} not found in namespace {ns!r}")
-        if not spec.ready:
-            raise ObjectError(at, f"revision {name!r} is not ready: {spec.reason}")
-        return spec.revision
-
-    def _drop_route(self, key: ObjectKey) -> None:
-        self._routes.pop(key, None)
+    def _drop(self, key: ObjectKey) -> None:
+        self._ingresses.pop(key, None)
         self._hosts.release(key)
 
-    def _set_deps(self, key: ObjectKey, deps: set[Ident]) -> None:
-        for ident in self._deps.pop(key, set()):
-            users = self._users.get(ident)
+    def _set_deps(self, ident: Ident, deps: set[Ident]) -> None:
+        for dep in self._deps.pop(ident, set()):
+            users = self._users.get(dep)
             if users is not None:
-                users.discard(key)
+                users.discard(ident)
                 if not users:
-                    del self._users[ident]
+                    del self._users[dep]
         if deps:
-            self._deps[key] = deps
-            for ident in deps:
-                self._users[ident].add(key)
+            self._deps[ident] = deps
+            for dep in deps:
+                self._users[dep].add(ident)
+
+    # -- certificates -----------------------------------------------------------------
+
+    def _swap_secrets(
+        self, key: ObjectKey, old: Ingress | None, new: Ingress | None
+    ) -> set[ObjectKey]:
+        before = {t.secret for t in old.tls} if old else set()
+        after = {t.secret for t in new.tls} if new else set()
+        for secret in before - after:
+            self._secret_users[secret].discard(key)
+            if not self._secret_users[secret]:
+                del self._secret_users[secret]
+        for secret in after - before:
+            self._secret_users[secret].add(key)
+        return before ^ after
+
+    def _refresh_certificates(self, secrets: Iterable[ObjectKey]) -> set[ObjectKey]:
+        changed: set[ObjectKey] = set()
+        for key in secrets:
+            cert = self._specs.get((SECRET, key)) if key in self._secret_users else None
+            value = cert if isinstance(cert, Certificate) else None
+            if self._certificates.get(key) != value:
+                changed.add(key)
+                if value is None:
+                    del self._certificates[key]
+                else:
+                    self._certificates[key] = value
+        return changed
 
     # -- endpoints --------------------------------------------------------------------
 
     def _slice(self, key: ObjectKey) -> EndpointSliceSpec | None:
         spec = self._specs.get((ENDPOINT_SLICE, key))
         return spec if isinstance(spec, EndpointSliceSpec) else None
-
-    def _revision(self, key: ObjectKey) -> RevisionSpec | None:
-        spec = self._specs.get((REVISION, key))
-        return spec if isinstance(spec, RevisionSpec) else None
 
 
 def read_kept(kept: net.NetworkConfig, config: net.NetworkConfig, name: str) -> net.NetworkConfig:
@@ -378,10 +399,10 @@ def read_kept(kept: net.NetworkConfig, config: net.NetworkConfig, name: str) -> 
     )
 
 
-def _carry(last: Map, now: Mapping[ObjectKey, Any], changed: Iterable[ObjectKey]) -> Map:
+def _carry(last: Map, now: Mapping[Any, Any], changed: Iterable[Any]) -> Map:
     """The last published map with only the `changed` keys brought up to `now`.
 
-    Copying every Route into each State would make a one-Route edit O(all routes).
+    Copying every Ingress into each State would make a one-Ingress edit O(all of them).
     """
     with last.mutate() as out:
         for key in changed:

@@ -1,7 +1,10 @@
 """The desired state, as frozen values.
 
-Everything here is already resolved and validated: a Route names concrete
-revisions and carries the hosts it answers on. Translation reads these values
+Everything here is already resolved and validated. Both inputs, Knative Routes
+(with their Revisions) and KIngresses (with their Services), become one shape:
+an `Ingress` of rules (hosts, visibility) → paths (matches, headers, host
+rewrite) → splits (percent, headers) → backends, and each backend's endpoints
+already chosen (the activator or ready pods). Translation reads these values
 and nothing else, so equal values always translate to equal Envoy resources,
 which is what lets translation be memoized per object.
 """
@@ -24,7 +27,8 @@ class Visibility(enum.Enum):
 
 
 class Protocol(enum.Enum):
-    """Upstream protocol of a revision; a container port named `h2c` selects HTTP/2."""
+    """Upstream protocol: a revision's container port named `h2c`, or a Service port named
+    `http2`/`h2c` (or with appProtocol `kubernetes.io/h2c`), selects HTTP/2."""
 
     HTTP1 = "http1"
     H2C = "h2c"
@@ -62,37 +66,78 @@ class Endpoint:
     port: int
 
 
-@dataclass(frozen=True, slots=True)
-class Revision:
-    """What the data plane needs of a Knative Revision."""
+class HttpOption(enum.Enum):
+    """KIngress `httpOption`: plain HTTP served, or answered with a redirect to https."""
 
-    key: ObjectKey
+    ENABLED = "Enabled"
+    REDIRECTED = "Redirected"
+
+
+Headers = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One upstream cluster: a revision, a Kubernetes Service port, or a DNS name.
+
+    `name` is the cluster's name. A backend with `revision` set follows the
+    activator-or-pods rule (its endpoints are the revision's ready pods, or the
+    activator's while it has none); one with `dns` set is an ExternalName
+    Service, resolved by Envoy (no EDS); any other takes its Service's endpoints.
+    """
+
+    name: str
     protocol: Protocol = Protocol.HTTP1
-    timeout_seconds: int = 300
+    revision: ObjectKey | None = None
+    # A plain Service: its slices' endpoints at the port of this name.
+    service: ObjectKey | None = None
+    port_name: str = ""
     # Knative's `autoscaling.knative.dev/target-burst-capacity: "-1"` pins the activator.
     activator_always: bool = False
+    # The revision's request timeout; the route's idle timeout is never shorter.
+    timeout_seconds: int = 0
+    dns: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class Split:
-    """One weighted share of a host's traffic. Percent is 1..100; 0 % shares are dropped."""
+    """One weighted share of a path's traffic. Percent is 1..100; 0 % shares are dropped.
 
-    revision: str
+    `headers` are set (overwriting any the request has) once this split is chosen.
+    """
+
+    backend: str
     percent: int
+    headers: Headers = ()
 
 
 @dataclass(frozen=True, slots=True)
-class HostRule:
-    """A set of hosts on one listener and where their traffic goes.
+class Path:
+    """One match of a rule, tried in order: the first that matches a request wins.
 
-    `tag_headers` maps a `Knative-Serving-Tag` header value to a revision; it is
-    only filled on a Route's main rule when tag-header-based routing is on.
+    `prefix` "" matches every path; `match_headers` must all be present with these
+    exact values; `headers` are set before the split; `rewrite_host` replaces the
+    Host (authority) sent upstream.
+    """
+
+    splits: tuple[Split, ...]
+    prefix: str = ""
+    match_headers: Headers = ()
+    headers: Headers = ()
+    rewrite_host: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A set of hosts, the listeners they answer on, and their paths.
+
+    ExternalIP rules answer on the external listener and on the internal one;
+    cluster-local rules on the internal listener only.
     """
 
     visibility: Visibility
     hosts: tuple[str, ...]
-    splits: tuple[Split, ...]
-    tag_headers: tuple[tuple[str, str], ...] = ()
+    paths: tuple[Path, ...]
 
     @property
     def name(self) -> str:
@@ -100,16 +145,41 @@ class HostRule:
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
-    """A valid Knative Route, resolved to revisions and hosts.
+class Tls:
+    """KIngress `spec.tls[]`: these hosts are served over TLS with this Secret's certificate."""
 
-    It embeds the Revisions it routes to, so a Route kept at its last good
-    version after a bad edit still brings its clusters along.
+    hosts: tuple[str, ...]
+    secret: ObjectKey
+
+
+@dataclass(frozen=True, slots=True)
+class Ingress:
+    """What the gateway serves for one Knative Route or one KIngress.
+
+    It embeds its Backends, so an Ingress kept at its last good version after a
+    bad edit still brings its clusters along. `kind` and `generation` say which
+    object it came from (status is reported on a KIngress's generation).
     """
 
     key: ObjectKey
-    rules: tuple[HostRule, ...]
-    revisions: tuple[Revision, ...]
+    rules: tuple[Rule, ...]
+    backends: tuple[Backend, ...]
+    tls: tuple[Tls, ...] = ()
+    http_option: HttpOption = HttpOption.ENABLED
+    kind: str = "Route"
+    generation: int = 0
+    # ExternalIP hosts not answered on the internal listener: another Ingress holds
+    # their cluster-local scope there (model/hosts.py).
+    internal_shadowed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """A TLS Secret's certificate chain and private key (PEM), served over SDS."""
+
+    key: ObjectKey
+    chain: bytes
+    private_key: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,23 +203,20 @@ def _frozen_map(value: Mapping) -> Map:
 class State:
     """One complete, consistent desired state: what every gateway should serve."""
 
-    routes: Mapping[ObjectKey, Route] = field(default_factory=dict)
-    # Ready pod endpoints per revision, the port already chosen for its protocol.
-    pods: Mapping[ObjectKey, tuple[Endpoint, ...]] = field(default_factory=dict)
+    ingresses: Mapping[ObjectKey, Ingress] = field(default_factory=dict)
+    # Per backend (cluster name) in use, the endpoints chosen for it: its ready pods or
+    # the activator for a revision, its Service's ready endpoints for a Service.
+    endpoints: Mapping[str, tuple[Endpoint, ...]] = field(default_factory=dict)
+    # Every backend some served Ingress uses, by name (one version each).
+    backends: Mapping[str, Backend] = field(default_factory=dict)
+    # TLS certificates named by some served Ingress.
+    certificates: Mapping[ObjectKey, Certificate] = field(default_factory=dict)
     activator: ActivatorEndpoints = ActivatorEndpoints()
     activator_mode: ActivatorMode = ActivatorMode.AT_ZERO
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "routes", _frozen_map(self.routes))
-        object.__setattr__(self, "pods", _frozen_map(self.pods))
-
-    def revisions(self) -> dict[ObjectKey, Revision]:
-        """Every revision some served Route sends traffic to (or names by tag)."""
-        out: dict[ObjectKey, Revision] = {}
-        for route in self.routes.values():
-            for revision in route.revisions:
-                out[revision.key] = revision
-        return out
+        for name in ("ingresses", "endpoints", "backends", "certificates"):
+            object.__setattr__(self, name, _frozen_map(getattr(self, name)))
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -1,4 +1,5 @@
-"""Revision → Cluster. Endpoints come separately over EDS, from the same ADS stream."""
+"""Backend → Cluster. A revision's or a Service's endpoints come separately over EDS, on
+the same ADS stream; an ExternalName Service's cluster resolves its name itself (DNS)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from envoy.config.core.v3 import config_source_pb2, protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upstream_http
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
-from ..model import Protocol, Revision
+from ..model import Backend, Protocol
 from ..resources import Resource
-from .names import cluster_name
+from .endpoints import load_assignment
 
 CONNECT_TIMEOUT_SECONDS = 5
 # Envoy's default circuit breakers cap a cluster at 1,024 requests in flight, which
@@ -49,32 +50,42 @@ def _h2c_options() -> dict[str, any_pb2.Any]:
     return {_HTTP_OPTIONS: packed}
 
 
-def cluster(revision: Revision) -> cluster_pb2.Cluster:
+def cluster(backend: Backend) -> cluster_pb2.Cluster:
     msg = cluster_pb2.Cluster()
-    msg.CopyFrom(_shape(revision.protocol))
-    msg.name = cluster_name(revision.key)
+    msg.CopyFrom(_shape(backend.protocol, backend.dns is not None))
+    msg.name = backend.name
+    if backend.dns is not None:
+        host, port = backend.dns
+        msg.load_assignment.CopyFrom(load_assignment(backend.name, ((host, port),)))
     return msg
 
 
 @functools.cache
-def _shape(protocol: Protocol) -> cluster_pb2.Cluster:
-    """A revision's cluster but for its name: the same for every revision of a protocol.
+def _shape(protocol: Protocol, dns: bool) -> cluster_pb2.Cluster:
+    """A backend's cluster but for its name: the same for every backend of a kind.
 
-    Built once and copied (~2 µs) instead of built per revision (~18 µs): a first
+    Built once and copied (~2 µs) instead of built per backend (~18 µs): a first
     load makes 10,000 of them before any gateway can warm one.
     """
     msg = cluster_pb2.Cluster(
-        type=cluster_pb2.Cluster.EDS,
-        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads_config_source()),
         connect_timeout=duration_pb2.Duration(seconds=CONNECT_TIMEOUT_SECONDS),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
         circuit_breakers=_thresholds(),
     )
+    if dns:
+        # An ExternalName Service: one name, re-resolved by Envoy as its TTL says.
+        msg.type = cluster_pb2.Cluster.LOGICAL_DNS
+        msg.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
+    else:
+        msg.type = cluster_pb2.Cluster.EDS
+        msg.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
     if protocol is Protocol.H2C:
         for key, value in _h2c_options().items():
             msg.typed_extension_protocol_options[key].CopyFrom(value)
     return msg
 
 
-def cluster_resource(revision: Revision) -> Resource:
-    return Resource.of(cluster(revision), name=cluster_name(revision.key))
+def cluster_resource(backend: Backend) -> Resource:
+    # An EDS cluster names its endpoints: the cache never publishes one without them.
+    refs = () if backend.dns is not None else (backend.name,)
+    return Resource.of(cluster(backend), name=backend.name, refs=refs)

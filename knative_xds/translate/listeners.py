@@ -1,22 +1,30 @@
-"""The gateway's two listeners: external (public hosts) and internal (cluster-local hosts)."""
+"""The gateway's listeners: external (public hosts), internal (cluster-local hosts), and
+external-tls (public hosts over HTTPS, a filter chain per certificate, chosen by SNI)."""
 
 from __future__ import annotations
 
-from envoy.config.core.v3 import address_pb2
+from collections.abc import Iterable, Mapping
+
+from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from google.protobuf import any_pb2
 
-from ..model import Visibility
+from ..model import ObjectKey, Tls
 from ..resources import Resource
 from .clusters import ads_config_source
+from .names import Listener, secret_name
 from .scopes import key_builder
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+TLS_SOCKET = "envoy.transport_sockets.tls"
 
 
 def _pack(message) -> any_pb2.Any:
@@ -25,17 +33,18 @@ def _pack(message) -> any_pb2.Any:
     return packed
 
 
-def connection_manager(name: str, visibility: Visibility) -> hcm.HttpConnectionManager:
+def connection_manager(listener: Listener) -> hcm.HttpConnectionManager:
+    name = listener.value
     return hcm.HttpConnectionManager(
         stat_prefix=name,
         # AUTO accepts HTTP/1.1 and prior-knowledge HTTP/2, so gRPC clients work end to end.
         codec_type=hcm.HttpConnectionManager.AUTO,
         # `host:port` → `host` before the scope key is built and routes match (scopes.py).
         strip_any_host_port=True,
-        # The Host header picks a scope, the scope names one Route's table (scopes.py).
+        # The Host header picks a scope, the scope names one Ingress's table (scopes.py).
         scoped_routes=hcm.ScopedRoutes(
             name=name,
-            scope_key_builder=key_builder(visibility),
+            scope_key_builder=key_builder(listener),
             rds_config_source=ads_config_source(),
             scoped_rds=hcm.ScopedRds(scoped_rds_config_source=ads_config_source()),
         ),
@@ -44,26 +53,79 @@ def connection_manager(name: str, visibility: Visibility) -> hcm.HttpConnectionM
     )
 
 
-def listener(
-    *, name: str, address: str, port: int, visibility: Visibility
-) -> listener_pb2.Listener:
-    return listener_pb2.Listener(
-        name=name,
-        address=address_pb2.Address(
-            socket_address=address_pb2.SocketAddress(address=address, port_value=port)
-        ),
-        filter_chains=[
-            listener_components_pb2.FilterChain(
-                filters=[
-                    listener_components_pb2.Filter(
-                        name=HCM_FILTER, typed_config=_pack(connection_manager(name, visibility))
-                    )
-                ]
-            )
-        ],
+def _hcm_filter(listener: Listener) -> listener_components_pb2.Filter:
+    return listener_components_pb2.Filter(
+        name=HCM_FILTER, typed_config=_pack(connection_manager(listener))
     )
 
 
-def listener_resource(*, name: str, address: str, port: int, visibility: Visibility) -> Resource:
-    msg = listener(name=name, address=address, port=port, visibility=visibility)
-    return Resource.of(msg, name=name)
+def _address(address: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=address, port_value=port)
+    )
+
+
+def listener_resource(*, listener: Listener, address: str, port: int) -> Resource:
+    msg = listener_pb2.Listener(
+        name=listener.value,
+        address=_address(address, port),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[_hcm_filter(listener)])],
+    )
+    return Resource.of(msg, name=msg.name)
+
+
+def tls_chains(entries: Iterable[tuple[ObjectKey, Tls]]) -> dict[str, tuple[str, ...]]:
+    """Server names per certificate (SDS secret name), each name served by one certificate.
+
+    Envoy refuses a listener whose filter chains match one server name twice, so
+    the first entry (in Ingress order) to name a host keeps it.
+    """
+    taken: set[str] = set()
+    chains: dict[str, list[str]] = {}
+    for _, tls in sorted(entries, key=lambda e: e[0]):
+        names = [h for h in tls.hosts if h not in taken]
+        taken.update(names)
+        if names:
+            chains.setdefault(secret_name(tls.secret), []).extend(names)
+    return {secret: tuple(sorted(hosts)) for secret, hosts in sorted(chains.items())}
+
+
+def tls_listener_resource(
+    *, address: str, port: int, chains: Mapping[str, tuple[str, ...]]
+) -> Resource:
+    """The HTTPS listener: by SNI, one filter chain per certificate, its hosts' scopes."""
+    filter_chains = []
+    for secret, hosts in chains.items():
+        context = tls_pb2.DownstreamTlsContext(
+            common_tls_context=common_pb2.CommonTlsContext(
+                alpn_protocols=["h2", "http/1.1"],
+                tls_certificate_sds_secret_configs=[
+                    secret_pb2.SdsSecretConfig(name=secret, sds_config=ads_config_source())
+                ],
+            )
+        )
+        filter_chains.append(
+            listener_components_pb2.FilterChain(
+                name=secret,
+                filter_chain_match=listener_components_pb2.FilterChainMatch(
+                    server_names=list(hosts)
+                ),
+                transport_socket=_transport_socket(context),
+                filters=[_hcm_filter(Listener.EXTERNAL_TLS)],
+            )
+        )
+    msg = listener_pb2.Listener(
+        name=Listener.EXTERNAL_TLS.value,
+        address=_address(address, port),
+        listener_filters=[
+            listener_components_pb2.ListenerFilter(
+                name=TLS_INSPECTOR, typed_config=_pack(tls_inspector_pb2.TlsInspector())
+            )
+        ],
+        filter_chains=filter_chains,
+    )
+    return Resource.of(msg, name=msg.name, refs=chains.keys())
+
+
+def _transport_socket(context: tls_pb2.DownstreamTlsContext) -> base_pb2.TransportSocket:
+    return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=_pack(context))

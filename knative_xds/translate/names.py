@@ -2,30 +2,35 @@
 
 from __future__ import annotations
 
-from ..model import ObjectKey, Visibility
+import enum
 
-EXTERNAL = "external"
-INTERNAL = "internal"
-
-LISTENER_FOR = {Visibility.EXTERNAL: EXTERNAL, Visibility.CLUSTER_LOCAL: INTERNAL}
+from ..model import ObjectKey
 
 
-def cluster_name(revision: ObjectKey) -> str:
-    """`<namespace>/<revision>`: one cluster (and one endpoint set) per revision."""
-    return f"{revision.namespace}/{revision.name}"
+class Listener(enum.Enum):
+    """The gateway's listeners: plain HTTP for public hosts, cluster-local, and HTTPS."""
+
+    EXTERNAL = "external"
+    INTERNAL = "internal"
+    EXTERNAL_TLS = "external-tls"
 
 
-def route_table_name(visibility: Visibility, route: ObjectKey) -> str:
-    """`<listener>/<namespace>/<route>`: each Route has its own table on each listener."""
-    return f"{LISTENER_FOR[visibility]}/{route.namespace}/{route.name}"
+def route_table_name(listener: Listener, ingress: ObjectKey) -> str:
+    """`<listener>/<namespace>/<name>`: each Ingress has its own table on each listener."""
+    return f"{listener.value}/{ingress.namespace}/{ingress.name}"
 
 
-def scope_name(visibility: Visibility, key: tuple[str, ...]) -> str:
-    """`<listener>/<key>`, the scope key's fragments joined by dots: `external/<host>`,
-    `internal/<name>.<namespace>` (scopes.py). Unique per listener, as its keys are:
-    internal fragments are DNS labels, which hold no dot."""
-    return f"{LISTENER_FOR[visibility]}/{'.'.join(key)}"
+def scope_name(listener: Listener, key: tuple[str, ...]) -> str:
+    """`<listener>/<key>`: `external/<host>`, `internal/<name>.<namespace>`,
+    `external-tls/<host>` (scopes.py). Unique per listener, as its keys are:
+    internal fragments are DNS labels, which hold no dot; a TLS key repeats one host."""
+    return f"{listener.value}/{'.'.join(key[:2] if listener is Listener.INTERNAL else key[:1])}"
 
 
-def virtual_host_name(route: ObjectKey, host: str) -> str:
-    return f"{route.namespace}/{route.name}/{host}"
+def secret_name(secret: ObjectKey) -> str:
+    """`<namespace>/<secret>`: one SDS secret per Kubernetes TLS Secret."""
+    return f"{secret.namespace}/{secret.name}"
+
+
+def virtual_host_name(ingress: ObjectKey, host: str) -> str:
+    return f"{ingress.namespace}/{ingress.name}/{host}"

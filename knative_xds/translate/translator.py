@@ -1,25 +1,28 @@
 """State → Envoy resources, re-translating only what an update touched.
 
-The translator remembers each Route's route tables and scopes and each
-Revision's cluster and endpoints. An `Update` from the resolver says which Routes and which pod
-sets changed; only those are rebuilt, and the result is a `Delta`: the names
-per type whose resource changed or went away.
+The translator remembers each Ingress's route tables and scopes, each
+backend's cluster and endpoints and each certificate's secret. An `Update`
+from the resolver says which Ingresses, backends and certificates changed;
+only those are rebuilt, and the result is a `Delta`: the names per type whose
+resource changed or went away.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..model import ObjectKey, Revision, Route, Update, Visibility
-from ..resources import CLUSTER, ENDPOINT, SCOPED_ROUTE, Resource
+from ..model import Backend, Ingress, ObjectKey, Tls, Update
+from ..resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET, Resource
 from .clusters import cluster_resource
-from .endpoints import choose_endpoints, endpoints_resource
-from .listeners import listener_resource
-from .names import LISTENER_FOR, cluster_name, route_table_name, scope_name
-from .routes import route_tables
+from .endpoints import endpoints_resource
+from .listeners import listener_resource, tls_chains, tls_listener_resource
+from .names import Listener, route_table_name, scope_name, secret_name
+from .routes import listener_rules, route_tables
 from .scopes import scope_key, scope_resource
+from .secrets import secret_resource
+
+Ident = tuple[str, str]  # (type URL, name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,7 @@ class GatewayConfig:
     listen_address: str = "0.0.0.0"
     external_port: int = 8080
     internal_port: int = 8081
+    external_tls_port: int = 8443
 
 
 @dataclass(slots=True)
@@ -51,118 +55,151 @@ class Delta:
 class Stats:
     """How much work translations did; tests use it to guard the O(change) property."""
 
-    routes_translated: int = 0
+    ingresses_translated: int = 0
     clusters_built: int = 0
     endpoints_built: int = 0
     route_tables_built: int = 0
     scopes_built: int = 0
+    listeners_built: int = 0
 
 
 class Translator:
     def __init__(self, gateway: GatewayConfig) -> None:
         self._gateway = gateway
-        # Per Route: the version whose revisions are referenced, and the version its
-        # route tables and scopes (keyed type URL, name) were built from. The two are
-        # apart only between the steps of a staged translation.
-        self._routes: dict[ObjectKey, Route] = {}
-        self._built: dict[ObjectKey, Route] = {}
-        self._route_resources: dict[ObjectKey, dict[tuple[str, str], Resource]] = {}
-        self._revision_refs: dict[ObjectKey, Counter[Revision]] = {}
-        self._clusters: dict[ObjectKey, tuple[Revision, Resource]] = {}
-        self._endpoints: dict[ObjectKey, tuple[tuple, Resource]] = {}
+        # Per Ingress: the version its tables and scopes were built from, and those.
+        self._built: dict[ObjectKey, Ingress] = {}
+        self._ingress_resources: dict[ObjectKey, dict[Ident, Resource]] = {}
+        self._clusters: dict[str, tuple[Backend, Resource]] = {}
+        self._endpoints: dict[str, tuple[tuple, Resource]] = {}
+        self._secrets: dict[ObjectKey, Resource] = {}
+        # Ingresses with TLS hosts: what the HTTPS listener's filter chains are made of.
+        self._tls: dict[ObjectKey, tuple[Tls, ...]] = {}
+        self._tls_listener: Resource | None = None
         self._started = False
         self.stats = Stats()
 
     def translate(self, update: Update) -> Delta:
         """Everything the update changed, in one delta."""
-        delta = self.translate_revisions(update)
-        self.translate_routes(update, sorted(update.changed_routes), delta)
+        delta = self.translate_backends(update)
+        self.translate_ingresses(update, sorted(update.changed_ingresses), delta)
         return delta
 
-    def translate_revisions(self, update: Update) -> Delta:
-        """Step one of a staged translation: the clusters and endpoints of every revision
-        the update touched, with the changed Routes' references to them.
+    def translate_backends(self, update: Update) -> Delta:
+        """Step one of a staged translation: the clusters and endpoints of every backend
+        the update touched, and its certificates.
 
         A first load publishes these before any route table: Envoy takes seconds to
         warm 10,000 clusters, and it can do that while the tables are being built.
-        `translate_routes` is step two.
+        `translate_ingresses` is step two.
         """
         delta = Delta()
-        touched: set[ObjectKey] = set(update.changed_pods)
-        for key in sorted(update.changed_routes):
-            touched |= self._swap_refs(key, update.state.routes.get(key))
-        if update.activator_changed:
-            touched |= set(self._revision_refs)
-        for rev in sorted(touched):
-            self._refresh_revision(rev, update, delta)
+        for name in sorted(update.changed_backends):
+            self._refresh_backend(name, update, delta)
+        for key in sorted(update.changed_certificates):
+            self._refresh_certificate(key, update, delta)
         return delta
 
-    def translate_routes(self, update: Update, keys: Iterable[ObjectKey], delta: Delta) -> None:
-        """Step two: the route tables and scopes of these Routes, into `delta`."""
+    def translate_ingresses(self, update: Update, keys: Iterable[ObjectKey], delta: Delta) -> None:
+        """Step two: the route tables and scopes of these Ingresses (and the listeners)."""
         if not self._started:
             self._started = True
             for resource in self._listeners():
                 delta.set(resource)
+        # A certificate that comes or goes adds or drops its filter chain.
+        tls_touched = bool(update.changed_certificates)
         for key in keys:
-            self._swap_resources(key, update.state.routes.get(key), delta)
+            ingress = update.state.ingresses.get(key)
+            self._swap_resources(key, ingress, delta)
+            tls = ingress.tls if ingress is not None else ()
+            if self._tls.get(key, ()) != tls:
+                tls_touched = True
+                if tls:
+                    self._tls[key] = tls
+                else:
+                    del self._tls[key]
+        if tls_touched:
+            self._refresh_tls_listener(delta)
+
+    def owned(self, key: ObjectKey) -> Mapping[Ident, Resource]:
+        """The resources that carry this Ingress's current version to a gateway: its route
+        tables and scopes, and with TLS the HTTPS listener and its certificates."""
+        out = dict(self._ingress_resources.get(key, {}))
+        if key in self._tls and self._tls_listener is not None:
+            out[(LISTENER, self._tls_listener.name)] = self._tls_listener
+            for tls in self._tls[key]:
+                secret = self._secrets.get(tls.secret)
+                if secret is not None:
+                    out[(SECRET, secret.name)] = secret
+        return out
 
     def _listeners(self) -> list[Resource]:
         g = self._gateway
-        ports = {Visibility.EXTERNAL: g.external_port, Visibility.CLUSTER_LOCAL: g.internal_port}
+        ports = {Listener.EXTERNAL: g.external_port, Listener.INTERNAL: g.internal_port}
+        self.stats.listeners_built += len(ports)
         return [
-            listener_resource(
-                name=LISTENER_FOR[v],
-                address=g.listen_address,
-                port=ports[v],
-                visibility=v,
-            )
-            for v in Visibility
+            listener_resource(listener=listener, address=g.listen_address, port=port)
+            for listener, port in ports.items()
         ]
 
-    def _swap_refs(self, key: ObjectKey, route: Route | None) -> set[ObjectKey]:
-        """Move one Route's revision references to `route`; return the revisions touched."""
-        old = self._routes.pop(key, None)
-        if route is not None:
-            self._routes[key] = route
-        if old is route:
-            return set()
-        touched = self._unref(old) if old else set()
-        return touched | self._ref(route) if route is not None else touched
-
-    def _swap_resources(self, key: ObjectKey, route: Route | None, delta: Delta) -> None:
-        """Rebuild one Route's tables and scopes, if `route` is not what they were built from."""
-        if self._built.get(key) is route:
+    def _refresh_tls_listener(self, delta: Delta) -> None:
+        chains = tls_chains((key, t) for key, entries in self._tls.items() for t in entries)
+        # A chain is served only once its certificate is: a missing Secret is the
+        # model's problem to report, and Envoy would hold the whole listener warming.
+        chains = {
+            s: h for s, h in chains.items() if any(secret_name(k) == s for k in self._secrets)
+        }
+        if not chains:
+            if self._tls_listener is not None:
+                delta.remove(LISTENER, self._tls_listener.name)
+                self._tls_listener = None
             return
-        before = self._route_resources.pop(key, {})
-        after = self._build(route, before) if route is not None else {}
+        g = self._gateway
+        resource = tls_listener_resource(
+            address=g.listen_address, port=g.external_tls_port, chains=chains
+        )
+        self.stats.listeners_built += 1
+        if self._tls_listener is None or self._tls_listener.version != resource.version:
+            delta.set(resource)
+        self._tls_listener = resource
+
+    def _swap_resources(self, key: ObjectKey, ingress: Ingress | None, delta: Delta) -> None:
+        """Rebuild one Ingress's tables and scopes, if `ingress` is not what they were built from."""
+        if self._built.get(key) is ingress:
+            return
+        before = self._ingress_resources.pop(key, {})
+        after = self._build(ingress, before) if ingress is not None else {}
         for ident in before.keys() - after.keys():
-            # A scope can pass to another Route in the same update; when that
-            # Route came first, the scope it set must stay.
+            # A scope can pass to another Ingress in the same update; when that
+            # Ingress came first, the scope it set must stay.
             if delta.changes.get(ident[0], {}).get(ident[1]) is None:
                 delta.remove(*ident)
         for ident, resource in after.items():
             held = before.get(ident)
             if held is None or held.version != resource.version:
                 delta.set(resource)
-        if route is None:
+        if ingress is None:
             self._built.pop(key, None)
         else:
-            self._built[key] = route
-            self._route_resources[key] = after
+            self._built[key] = ingress
+            self._ingress_resources[key] = after
 
-    def _build(
-        self, route: Route, before: dict[tuple[str, str], Resource]
-    ) -> dict[tuple[str, str], Resource]:
-        self.stats.routes_translated += 1
-        out: dict[tuple[str, str], Resource] = {}
-        for table in route_tables(route):
+    def _build(self, ingress: Ingress, before: dict[Ident, Resource]) -> dict[Ident, Resource]:
+        self.stats.ingresses_translated += 1
+        out: dict[Ident, Resource] = {}
+        for table in route_tables(ingress):
             out[(table.type_url, table.name)] = table
             self.stats.route_tables_built += 1
-        for rule in route.rules:
-            table = route_table_name(rule.visibility, route.key)
+        shadowed = set(ingress.internal_shadowed)
+        for listener in Listener:
+            table = route_table_name(listener, ingress.key)
+            if (ROUTE, table) not in out:
+                continue
+            hosts = [h for r in listener_rules(ingress, listener) for h in r.hosts]
+            if listener is Listener.INTERNAL:
+                hosts = [h for h in hosts if h not in shadowed]
             # One scope per key: a cluster-local rule's three hosts share one (scopes.py).
-            for key in dict.fromkeys(scope_key(rule.visibility, h) for h in rule.hosts):
-                ident = (SCOPED_ROUTE, scope_name(rule.visibility, key))
+            for key in dict.fromkeys(scope_key(listener, h) for h in hosts):
+                ident = (SCOPED_ROUTE, scope_name(listener, key))
                 if ident in out:
                     continue
                 kept = before.get(ident)
@@ -170,55 +207,46 @@ class Translator:
                 if kept is not None and kept.refs == (table,):
                     out[ident] = kept
                     continue
-                out[ident] = scope_resource(rule.visibility, key, table)
+                out[ident] = scope_resource(listener, key, table)
                 self.stats.scopes_built += 1
         return out
 
-    def _ref(self, route: Route) -> set[ObjectKey]:
-        for revision in route.revisions:
-            self._revision_refs.setdefault(revision.key, Counter())[revision] += 1
-        return {r.key for r in route.revisions}
-
-    def _unref(self, route: Route) -> set[ObjectKey]:
-        for revision in route.revisions:
-            refs = self._revision_refs[revision.key]
-            refs[revision] -= 1
-            if refs[revision] <= 0:
-                del refs[revision]
-            if not refs:
-                del self._revision_refs[revision.key]
-        return {r.key for r in route.revisions}
-
-    def _refresh_revision(self, key: ObjectKey, update: Update, delta: Delta) -> None:
-        refs = self._revision_refs.get(key)
-        name = cluster_name(key)
-        if not refs:
-            if self._clusters.pop(key, None):
+    def _refresh_backend(self, name: str, update: Update, delta: Delta) -> None:
+        backend = update.state.backends.get(name)
+        if backend is None:
+            if self._clusters.pop(name, None):
                 delta.remove(CLUSTER, name)
-            if self._endpoints.pop(key, None):
+            if self._endpoints.pop(name, None):
                 delta.remove(ENDPOINT, name)
             return
-        # Two Routes may hold different versions of one Revision (one kept at its
-        # last good state); pick one deterministically.
-        revision = min(refs, key=repr)
-        held = self._clusters.get(key)
-        if held is None or held[0] != revision:
-            resource = cluster_resource(revision)
-            self._clusters[key] = (revision, resource)
+        held = self._clusters.get(name)
+        if held is None or held[0] != backend:
+            resource = cluster_resource(backend)
+            self._clusters[name] = (backend, resource)
             self.stats.clusters_built += 1
             if held is None or held[1].version != resource.version:
                 delta.set(resource)
-        state = update.state
-        chosen = choose_endpoints(
-            revision,
-            pods=state.pods.get(key, ()),
-            activator=state.activator,
-            mode=state.activator_mode,
-        )
-        inputs = (revision.key, chosen)
-        held_eps = self._endpoints.get(key)
-        if held_eps is None or held_eps[0] != inputs:
-            resource = endpoints_resource(revision, chosen)
-            self._endpoints[key] = (inputs, resource)
+        if backend.dns is not None:
+            if self._endpoints.pop(name, None):
+                delta.remove(ENDPOINT, name)
+            return
+        chosen = update.state.endpoints.get(name, ())
+        held_eps = self._endpoints.get(name)
+        if held_eps is None or held_eps[0] != chosen:
+            resource = endpoints_resource(name, chosen)
+            self._endpoints[name] = (chosen, resource)
             self.stats.endpoints_built += 1
+            delta.set(resource)
+
+    def _refresh_certificate(self, key: ObjectKey, update: Update, delta: Delta) -> None:
+        certificate = update.state.certificates.get(key)
+        held = self._secrets.get(key)
+        if certificate is None:
+            if held is not None:
+                del self._secrets[key]
+                delta.remove(SECRET, held.name)
+            return
+        resource = secret_resource(certificate)
+        if held is None or held.version != resource.version:
+            self._secrets[key] = resource
             delta.set(resource)

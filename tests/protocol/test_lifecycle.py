@@ -14,7 +14,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from knative_xds import synth
 from knative_xds.cache import Snapshot, SnapshotCache
-from knative_xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
+from knative_xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SECRET
 from knative_xds.translate import Delta
 
 from .conftest import (
@@ -124,7 +124,9 @@ async def test_a_first_load_sends_clusters_and_endpoints_before_any_listener(
             await client.request(type_url, [HELLO, OTHER] if type_url == ENDPOINT else ())
         # The first of the two steps `Pipeline.load` takes, held here at its midpoint.
         update = plane.resolver.apply(raw_objects(*base_objects()))
-        plane.cache.apply(plane.translator.translate_revisions(update), loaded=(CLUSTER, ENDPOINT))
+        plane.cache.apply(
+            plane.translator.translate_backends(update), loaded=(CLUSTER, ENDPOINT, SECRET)
+        )
 
         assert set(names_in(await client.recv(CLUSTER))) == {HELLO, OTHER}
         await client.ack(client.last[CLUSTER])
@@ -133,7 +135,7 @@ async def test_a_first_load_sends_clusters_and_endpoints_before_any_listener(
         await client.expect_nothing()  # no listener, so no partial (or empty) LDS
 
         rest = Delta()
-        plane.translator.translate_routes(update, sorted(update.changed_routes), rest)
+        plane.translator.translate_ingresses(update, sorted(update.changed_ingresses), rest)
         plane.cache.apply(rest)
         assert set(names_in(await client.recv(LISTENER))) == {"external", "internal"}
     finally:
@@ -149,7 +151,10 @@ async def test_the_staged_first_load_publishes_the_same_state_as_a_plain_one() -
     await staged.pipeline.load(raw_objects(*base_objects()))
     plain.pipeline.apply(raw_objects(*base_objects()))
 
-    assert [s.loaded for s in published] == [frozenset({CLUSTER, ENDPOINT}), frozenset(PUSH_ORDER)]
+    assert [s.loaded for s in published] == [
+        frozenset({CLUSTER, ENDPOINT, SECRET}),
+        frozenset(PUSH_ORDER),
+    ]
     assert not published[0].of(LISTENER) and not published[0].of(ROUTE)
     final, reference = staged.cache.current(), plain.cache.current()
     for type_url in PUSH_ORDER:

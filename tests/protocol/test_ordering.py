@@ -6,7 +6,15 @@ The client here behaves as Envoy does with ADS (envoy_like.py).
 from __future__ import annotations
 
 from knative_xds import synth
-from knative_xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SCOPED_ROUTE
+from knative_xds.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    PUSH_ORDER,
+    ROUTE,
+    SCOPED_ROUTE,
+    SECRET,
+)
 
 from .conftest import HELLO_TABLES, Harness, cluster
 from .envoy_like import Gateway, clusters_named, removed
@@ -15,8 +23,8 @@ from .xds_client import DeltaClient, SotwClient, names_in
 HELLO, HELLO_2, OTHER = cluster("hello-1"), cluster("hello-2"), cluster("other-1")
 
 
-def test_push_order_is_clusters_endpoints_listeners_scopes_routes() -> None:
-    assert PUSH_ORDER == (CLUSTER, ENDPOINT, LISTENER, SCOPED_ROUTE, ROUTE)
+def test_push_order_is_clusters_endpoints_secrets_listeners_scopes_routes() -> None:
+    assert PUSH_ORDER == (CLUSTER, ENDPOINT, SECRET, LISTENER, SCOPED_ROUTE, ROUTE)
 
 
 async def test_adding_a_revision_sends_clusters_then_endpoints_then_routes(

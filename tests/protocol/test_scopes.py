@@ -13,7 +13,6 @@ from __future__ import annotations
 from envoy.config.route.v3 import route_pb2
 
 from knative_xds import synth
-from knative_xds.model import Visibility
 from knative_xds.resources import (
     CLUSTER,
     ENDPOINT,
@@ -23,7 +22,7 @@ from knative_xds.resources import (
     SCOPED_ROUTE,
     Resource,
 )
-from knative_xds.translate import Delta
+from knative_xds.translate import Delta, Listener
 from knative_xds.translate.listeners import listener_resource
 from knative_xds.translate.scopes import scope_resource
 
@@ -122,14 +121,10 @@ async def test_one_publish_touching_listeners_scopes_and_tables_sends_them_in_th
     client = harness.delta() if flavour == "delta" else harness.sotw()
     await subscribe_everything(client)
     delta = Delta()
-    delta.set(
-        listener_resource(
-            name="external", address="127.0.0.1", port=18090, visibility=Visibility.EXTERNAL
-        )
-    )
+    delta.set(listener_resource(listener=Listener.EXTERNAL, address="127.0.0.1", port=18090))
     table = extra_table(HELLO)
     delta.set(table)
-    delta.set(scope_resource(Visibility.EXTERNAL, ("extra.example.com",), table.name))
+    delta.set(scope_resource(Listener.EXTERNAL, ("extra.example.com",), table.name))
 
     assert harness.plane.cache.apply(delta) is not None
 
