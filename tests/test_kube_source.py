@@ -19,22 +19,26 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 
 from knative_xds.cache import SnapshotCache
 from knative_xds.model import ObjectKey, Resolver
+from knative_xds.model.kinds import SERVING
 from knative_xds.pipeline import Pipeline
 from knative_xds.resources import CLUSTER, ENDPOINT
-from knative_xds.sources.kube import ClusterConfigError, KubeSource, connect
+from knative_xds.sources.kube import ClusterConfigError, KubeSource, collections, connect
 from knative_xds.sources.kube_watch import Backoff, WatchOptions
 from knative_xds.translate import GatewayConfig, Translator
 from tests.fake_kube_api import FakeApiServer
 from tests.kube_fixtures import (
     DEADLINE,
     FAST,
-    SERVING,
     RecordingSink,
     a_cluster,
     a_config_map,
+    a_kingress_cluster,
+    a_plain_slice,
     a_revision,
     a_route,
     a_slice,
+    an_ingress,
+    ingress_key,
     route_key,
     running,
     synced,
@@ -322,6 +326,106 @@ async def test_every_request_is_narrowed_by_selectors(
     }
     assert addresses == {"10.1.0.1", "10.0.0.9" if follow_public else "10.0.0.5"}
     assert ("ConfigMap", ObjectKey("knative-serving", "config-features")) not in sink.state()
+
+
+# -- input ingress: KIngresses and what they name -------------------------------------
+
+
+async def test_input_ingress_loads_kingresses_and_their_objects_then_submits_edits(
+    server: FakeApiServer,
+) -> None:
+    a_kingress_cluster(server)
+    server.put(a_route())  # input ingress does not read Routes: Knative made a KIngress of it
+    ready = asyncio.Event()
+    sink = RecordingSink(ready)
+    async with watching(server, sink, ready=ready, input="ingress") as ready:
+        await synced(server, ready, watches=len(collections(input="ingress")))
+        assert sink.verbs == ["load"] and sink.ready_before_load == [False]
+        first = sink.calls[0][1]
+        assert {kind for kind, _ in first} == {"Ingress", "Service", "EndpointSlice", "ConfigMap"}
+        assert first[ingress_key()].body["metadata"]["annotations"] == {
+            "networking.knative.dev/ingress.class": "xds.ingress.networking.knative.dev"
+        }
+        assert "status" not in first[ingress_key()].body
+
+        server.put(an_ingress(host="hi.default.example.com"))  # the server moves generation
+        await sink.until(lambda: sink.submitted)
+
+    assert sink.verbs == ["load", "submit"]
+    (edited,) = sink.submitted[0].values()
+    assert edited.body["metadata"]["generation"] == 2
+    assert edited.body["spec"]["rules"][0]["hosts"] == ["hi.default.example.com"]
+
+
+_INGRESS = "/apis/networking.internal.knative.dev/v1alpha1/ingresses"
+_SLICES = "/apis/discovery.k8s.io/v1/endpointslices"
+_SERVICE_TYPE = "networking.internal.knative.dev/serviceType"
+_CONFIG_MAPS = {
+    (
+        "/api/v1/namespaces/knative-serving/configmaps",
+        (("fieldSelector", f"metadata.name={name}"),),
+    )
+    for name in ("config-domain", "config-network")
+}
+
+
+@pytest.mark.parametrize(
+    ("follow_public", "slice_selectors", "addresses"),
+    [
+        (False, [f"{_SERVICE_TYPE}!=Public"], {"10.0.0.5", "10.2.0.7", "10.1.0.1"}),
+        (
+            True,
+            [f"{_SERVICE_TYPE}=Public", f"!{_SERVICE_TYPE}"],
+            {"10.0.0.9", "10.2.0.7", "10.1.0.1"},
+        ),
+    ],
+    ids=["private", "public"],
+)
+async def test_input_ingress_asks_for_kingresses_services_tls_secrets_and_their_slices(
+    server: FakeApiServer, follow_public: bool, slice_selectors: list[str], addresses: set[str]
+) -> None:
+    a_kingress_cluster(server)  # the private slice 10.0.0.5 and the activator's 10.1.0.1
+    server.put(a_slice(service_type="Public", address="10.0.0.9", suffix="pub"))
+    server.put(a_plain_slice("backend", address="10.2.0.7"))
+    server.put(a_config_map("config-features", {"x": "y"}))
+    sink = RecordingSink()
+    kwargs = {"input": "ingress", "follow_public_endpoints": follow_public}
+    async with watching(server, sink, **kwargs) as ready:
+        await synced(server, ready, watches=len(collections(**kwargs)))
+
+    wanted = {
+        (_INGRESS, ()),
+        ("/api/v1/services", ()),
+        ("/api/v1/secrets", (("fieldSelector", "type=kubernetes.io/tls"),)),
+        *((_SLICES, (("labelSelector", selector),)) for selector in slice_selectors),
+        *_CONFIG_MAPS,
+    }
+    for verb in ("list", "watch"):
+        asked = [
+            (s.path, tuple((k, v) for k, v in s.query.items() if k.endswith("Selector")))
+            for s in server.requests(verb)
+        ]
+        # Each asked for once, and no watch of the activator's slices of its own: they
+        # come with the unlabelled slices (10.1.0.1 below), and would come twice.
+        assert sorted(asked) == sorted(wanted), verb
+    slices = [raw for (kind, _), raw in sink.state().items() if kind == "EndpointSlice"]
+    assert {raw.body["endpoints"][0]["addresses"][0] for raw in slices} == addresses
+
+
+def test_input_routes_is_what_was_read_before_kingresses() -> None:
+    kinds = [(c.kind, c.api_version) for c in collections(input="routes")]
+    assert kinds == [
+        ("Route", SERVING),
+        ("Revision", SERVING),
+        ("Configuration", SERVING),
+        ("EndpointSlice", "discovery.k8s.io/v1"),
+        ("EndpointSlice", "discovery.k8s.io/v1"),
+        ("ConfigMap", "v1"),
+        ("ConfigMap", "v1"),
+    ]
+    assert collections() == collections(input="ingress"), "ingress is the default"
+    with pytest.raises(ValueError, match="'kingress' is not a valid Input"):
+        collections(input="kingress")
 
 
 # -- configuration and the real pipeline ---------------------------------------------------

@@ -1,13 +1,22 @@
-"""What the Kubernetes source keeps of an object parses exactly as the whole object."""
+"""What the Kubernetes source keeps of an object: exactly the fields `kinds.KEEP` lists, which
+parse exactly as the whole object."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 
 import pytest
 
 from knative_xds.model import ObjectKey, RawObject
 from knative_xds.model import network as net
+from knative_xds.model.kinds import (
+    DEFAULT_INGRESS_CLASS,
+    INGRESS_CLASS_ANNOTATION,
+    NETWORKING,
+    SERVING,
+)
+from knative_xds.model.kingress import parse_ingress, parse_secret, parse_service
 from knative_xds.model.objects import (
     parse_configuration,
     parse_endpoint_slice,
@@ -16,12 +25,13 @@ from knative_xds.model.objects import (
 )
 from knative_xds.sources.kube import trim
 from tests.kube_fixtures import (
-    SERVING,
     a_config_map,
     a_revision,
     a_route,
+    a_service,
     a_slice,
     an_activator_slice,
+    an_ingress,
 )
 
 
@@ -129,3 +139,126 @@ def test_trimmed_config_maps_read_as_whole_ones() -> None:
     assert net.parse_config_network(
         _raw(trim("ConfigMap", body)), base
     ) == net.parse_config_network(_raw(body), base)
+
+
+# -- the kinds a KIngress brings: kept exactly as kinds.KEEP says ---------------------
+
+_PEM = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+_KEY = base64.b64encode(b"-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n")
+
+
+def _noisy(body: dict, annotations: dict[str, str]) -> dict:
+    """`body` as the API server returns it: bookkeeping metadata and a status besides."""
+    meta = {
+        **body["metadata"],
+        "uid": "8d5b…",
+        "resourceVersion": "4711",
+        "creationTimestamp": "2024-01-01T00:00:00Z",
+        "annotations": {
+            **annotations,
+            "kubectl.kubernetes.io/last-applied-configuration": "{…}" * 100,
+            "serving.knative.dev/creator": "system:serviceaccount:knative-serving:controller",
+        },
+        "managedFields": [{"manager": "controller", "fieldsV1": {"f:spec": {}}}],
+        "ownerReferences": [{"kind": "Route", "name": "hello"}],
+    }
+    return {**body, "metadata": meta}
+
+
+def _secret() -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "hello-tls", "namespace": "default"},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": _PEM.decode(), "tls.key": _KEY.decode()},
+        "immutable": False,
+    }
+
+
+_CLASS = {INGRESS_CLASS_ANNOTATION: DEFAULT_INGRESS_CLASS}
+
+
+@pytest.mark.parametrize(
+    ("whole", "kept"),
+    [
+        pytest.param(
+            _noisy(an_ingress(generation=4), _CLASS),
+            {
+                "apiVersion": NETWORKING,
+                "kind": "Ingress",
+                "metadata": {
+                    "name": "hello",
+                    "namespace": "default",
+                    "generation": 4,
+                    "labels": {"serving.knative.dev/route": "hello"},
+                    "annotations": _CLASS,
+                },
+                "spec": an_ingress()["spec"],
+            },
+            id="kingress",
+        ),
+        pytest.param(
+            _noisy(a_service(), {}),
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": "hello-00001",
+                    "namespace": "default",
+                    "labels": {"serving.knative.dev/revision": "hello-00001"},
+                },
+                "spec": {"type": "ClusterIP", "ports": a_service()["spec"]["ports"]},
+            },
+            id="service",
+        ),
+        pytest.param(
+            _noisy(
+                {
+                    **a_service("outside", revision=None),
+                    "spec": {"type": "ExternalName", "externalName": "example.org", "ports": []},
+                },
+                {},
+            ),
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "outside", "namespace": "default", "labels": {}},
+                "spec": {"type": "ExternalName", "externalName": "example.org", "ports": []},
+            },
+            id="service-external-name",
+        ),
+        pytest.param(
+            _noisy(_secret(), {}),
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "hello-tls", "namespace": "default"},
+                "type": "kubernetes.io/tls",
+                "data": _secret()["data"],
+            },
+            id="tls-secret",
+        ),
+    ],
+)
+def test_trim_keeps_exactly_the_fields_kinds_keep_lists(whole: dict, kept: dict) -> None:
+    assert trim(whole["kind"], whole) == kept
+
+
+@pytest.mark.parametrize(
+    ("body", "parse"),
+    [
+        (_noisy(an_ingress(), _CLASS), parse_ingress),
+        (
+            _noisy(an_ingress(ingress_class="other"), {INGRESS_CLASS_ANNOTATION: "other"}),
+            parse_ingress,
+        ),
+        (_noisy(a_service(), {}), parse_service),
+        (_noisy(_secret(), {}), parse_secret),
+    ],
+    ids=["kingress", "kingress-other-class", "service", "tls-secret"],
+)
+def test_trimmed_kingress_objects_parse_exactly_as_whole_ones(
+    body: dict, parse: Callable[[RawObject], object]
+) -> None:
+    assert parse(_raw(trim(body["kind"], body))) == parse(_raw(body))

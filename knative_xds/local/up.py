@@ -1,8 +1,11 @@
 """`knative-xds up`: the control plane, the bundled Envoy and the revisions, in the foreground.
 
-Order matters for a first request that works: the activator and the revisions
-that start above zero are up before the first state is published, so Envoy's
-first configuration already has somewhere to send every route.
+The control plane runs on a `LocalSource`: the watched files, with Knative's
+part played on this machine (revisions with a local `command` run as
+processes, the activator wakes them, and their EndpointSlices join the objects
+read). Order matters for a first request that works: the activator and the
+revisions that start above zero are up before the first state is published, so
+Envoy's first configuration already has somewhere to send every route.
 """
 
 from __future__ import annotations
@@ -13,15 +16,17 @@ import contextlib
 import logging
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from .. import synth
 from ..app import ControlPlane, Settings
 from ..envoy import EnvoyStats, bootstrap_yaml, require_envoy, start_envoy, wait_ready
-from ..model import RawObject, State, Visibility
-from ..sources.file import FileBatch, FileSource
+from ..model import Problem, RawObject, State, Visibility
+from ..sources.base import Changes, Sink
+from ..sources.file import FileSource
 from .activator import LocalActivator
-from .runner import LocalRevisions, slice_object
+from .runner import LocalRevisions, Runnable, slice_object
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +38,85 @@ def _local_slices(activator_port: int, revisions: LocalRevisions) -> dict:
     return {raw.ident: raw for raw in slices}
 
 
+class LocalSource:
+    """The files, with revisions run here: a `Source`, like the file source it wraps.
+
+    The revision processes and the activator live as long as `run`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.files = FileSource(path)
+        self.revisions = LocalRevisions(self._publish)
+        self._sink: _StartingRevisions | None = None
+
+    async def run(self, sink: Sink, ready: asyncio.Event) -> None:
+        self.files.check()
+        activator = LocalActivator(self.revisions)
+        try:
+            port = await activator.start()
+            self._sink = _StartingRevisions(sink, self.revisions, port)
+            await self.files.run(self._sink, ready)
+        finally:
+            await self.revisions.close()
+            activator.close()
+
+    def _publish(self, changes: Changes) -> None:
+        """A revision's process listens (or is gone): its EndpointSlice changes."""
+        assert self._sink is not None, "no revision runs before the source does"
+        self._sink.publish(changes)
+
+
+class _StartingRevisions:
+    """A sink in front of the plane's: starts the revisions the objects name, and adds the
+    EndpointSlices of the activator and of every revision running."""
+
+    def __init__(self, sink: Sink, revisions: LocalRevisions, activator_port: int) -> None:
+        self._sink = sink
+        self._revisions = revisions
+        self._activator_port = activator_port
+        self._to_start: list[Runnable] = []
+        self._loaded = False
+
+    def stage(self, changes: Changes) -> None:
+        self._to_start += self._revisions.observe(changes)
+        self._sink.stage(changes)
+
+    async def load(self, changes: Changes | None = None) -> object:
+        if changes:
+            self.stage(changes)
+        await self._revisions.start_all(self._to_start)
+        self._to_start = []
+        local = _local_slices(self._activator_port, self._revisions)
+        # From here a revision's slice is submitted: the sink applies it after the load.
+        self._loaded = True
+        return await self._sink.load(local)
+
+    def submit(self, changes: Changes) -> None:
+        self._revisions.start_later(self._revisions.observe(changes))
+        self._sink.submit(changes)
+
+    def set_source_problems(self, scope: str, problems: Iterable[Problem]) -> None:
+        self._sink.set_source_problems(scope, problems)
+
+    def publish(self, changes: Changes) -> None:
+        # Before the first load a started revision's slice joins it: submitted, it could
+        # be applied before the load and publish a first state without the activator.
+        if self._loaded:
+            self._sink.submit(changes)
+        else:
+            self._sink.stage(changes)
+
+
 def where_to_send(state: State, settings: Settings) -> str:
     g = settings.gateway
     lines = []
-    for route in sorted(state.routes.values(), key=lambda r: r.key):
-        for rule in route.rules:
+    for ingress in sorted(state.ingresses.values(), key=lambda i: i.key):
+        for rule in ingress.rules:
             port = g.external_port if rule.visibility is Visibility.EXTERNAL else g.internal_port
-            split = ", ".join(f"{s.revision} {s.percent}%" for s in rule.splits)
+            # The path every request takes (a tag header's path, if any, is tried first).
+            path = next((p for p in rule.paths if not p.match_headers), None)
+            splits = path.splits if path is not None else ()
+            split = ", ".join(f"{s.backend} {s.percent}%" for s in splits)
             lines.append(
                 f"  curl -H 'Host: {rule.hosts[0]}' http://{g.listen_address}:{port}/    # {split}"
             )
@@ -51,46 +128,35 @@ def where_to_send(state: State, settings: Settings) -> str:
 async def run_up(args: argparse.Namespace, settings: Settings) -> int:
     require_envoy()  # fail before starting anything if there is no Envoy to run
     plane = ControlPlane(settings)
-    revisions = LocalRevisions(plane.pipeline.submit)
-    activator = LocalActivator(revisions)
+    source = LocalSource(args.path)
+    source.files.check()
+    ready = asyncio.Event()
     envoy = None
     try:
-        source = FileSource(args.path)
-        batch = source.read_all()
-        activator_port = await activator.start()
-        await revisions.start_all(revisions.observe(batch.changes))
-        local = _local_slices(activator_port, revisions)
-        loaded = await plane.load(
-            FileBatch(changes={**batch.changes, **local}, problems=batch.problems)
-        )
-        for problem in plane.pipeline.problems():
-            print(f"problem: {problem}", file=sys.stderr)
-        xds_port = await plane.start_xds(f"127.0.0.1:{args.xds_port}")
-        envoy, workdir = await _start_envoy(xds_port, args)
-        state = loaded.update.state
-        print(
-            f"\nknative-xds is up. Envoy listens on {settings.gateway.listen_address}:"
-            f"{settings.gateway.external_port} (external) and :{settings.gateway.internal_port} "
-            f"(cluster-local); admin on 127.0.0.1:{args.admin_port}.\nTry:\n"
-            f"{where_to_send(state, settings)}\n\nEdit {args.path} and the routes follow. "
-            f"Envoy's log: {workdir / 'envoy.log'}. Ctrl-C stops everything.\n",
-            file=sys.stderr,
-        )
-
-        def on_batch(b: FileBatch) -> None:
-            revisions.start_later(revisions.observe(b.changes))
-
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(plane.follow(source, on_batch))
-            tasks.create_task(_exit_with(envoy))
+            tasks.create_task(plane.run(source, ready), name="control plane")
+            await ready.wait()
+            for problem in plane.problems():
+                print(f"problem: {problem}", file=sys.stderr)
+            xds_port = await plane.start_xds(f"127.0.0.1:{args.xds_port}")
+            envoy, workdir = await _start_envoy(xds_port, args)
+            assert plane.first_load is not None
+            state = plane.first_load.update.state
+            print(
+                f"\nknative-xds is up. Envoy listens on {settings.gateway.listen_address}:"
+                f"{settings.gateway.external_port} (external) and :{settings.gateway.internal_port} "
+                f"(cluster-local); admin on 127.0.0.1:{args.admin_port}.\nTry:\n"
+                f"{where_to_send(state, settings)}\n\nEdit {args.path} and the routes follow. "
+                f"Envoy's log: {workdir / 'envoy.log'}. Ctrl-C stops everything.\n",
+                file=sys.stderr,
+            )
+            tasks.create_task(_exit_with(envoy), name="envoy")
     finally:
         if envoy is not None and envoy.returncode is None:
             envoy.terminate()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
                     await envoy.wait()
-        await revisions.close()
-        activator.close()
         await plane.stop(0)
     return 0
 

@@ -1,87 +1,97 @@
 """Knative objects from a Kubernetes cluster: listed, then watched, gated on the first full state.
 
-How the CLI runs it (`serve --kubernetes`)::
+How the CLI runs it (`serve --kubernetes`), through the one source interface::
 
     async with connect() as api:                    # in-cluster config, else kubeconfig
-        source = KubeSource(api, follow_public_endpoints=args.follow_public_endpoints)
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(pipeline.run())
-            tasks.create_task(source.run(pipeline, ready))
-            await ready.wait()                      # the first complete state is applied
-            ...                                     # now serve
+        source = KubeSource(api, input="ingress")
+        await plane.run(source, ready)              # the pipeline and the watches, until cancelled
 
-`KubeSource.run` never returns: it holds changes back until *every*
-collection below has been listed once, hands that first complete state to
-`pipeline.load` (which publishes it in steps: clusters first), sets `ready`,
-and from then on passes each change to `pipeline.submit` (which coalesces and
-waits for the load). API errors are logged, reported through
-`pipeline.set_source_problems` while they last, and retried with backoff; they
-never end `run`. `kube_watch` holds the list/watch/relist rules, `kube_http`
-the wire.
+`KubeSource.run(sink, ready)` never returns: it holds changes back until
+*every* collection below has been listed once, hands that first complete state
+to `sink.load` (which publishes it in steps: clusters first), sets `ready`, and
+from then on passes each change to `sink.submit` (which coalesces and waits for
+the load). API errors are logged, reported through `sink.set_source_problems`
+while they last, and retried with backoff; they never end `run`. `kube_watch`
+holds the list/watch/relist rules, `kube_http` the wire.
 
-What is watched, with selectors so that no watch ever sees every Pod or Secret:
-Knative's Routes, Revisions and Configurations (all namespaces); the
-EndpointSlices of revision services (label `serving.knative.dev/revision`, and
-`networking.internal.knative.dev/serviceType` other than `Public`, or only
-`Public` with `follow_public_endpoints`, which must match the Resolver's); the
-activator's EndpointSlices in `knative-serving`; the ConfigMaps `config-domain`
-and `config-network` there, one named watch each (which RBAC can grant by
+What is watched, with selectors so that no watch ever sees every Pod or Secret.
+With `input="ingress"` (the default: knative-xds as Knative's networking layer):
+the KIngresses (`networking.internal.knative.dev`, all namespaces; which class
+is ours is the model's choice, so that a change of class is seen as one), and
+the core objects they name: Services (all namespaces), TLS Secrets (field
+selector `type=kubernetes.io/tls`), and the EndpointSlices whose label
+`networking.internal.knative.dev/serviceType` is not `Public`: a revision's
+private slices, and every plain Service's, which carry no such label (the
+activator's among them). With `follow_public_endpoints` (which must match the
+Resolver's) the revisions' `Public` slices are read instead, and the
+unlabelled ones by a watch of their own. With `input="routes"`: Knative's
+Routes, Revisions and Configurations (all namespaces), the revisions' slices
+(label `serving.knative.dev/revision` too) and the activator's in
+`knative-serving`. Both read the ConfigMaps `config-domain` and
+`config-network` there, one named watch each (which RBAC can grant by
 `resourceNames`).
 
-What is kept: only the fields the model reads (`KEEP`), so memory grows with
-the Knative objects and not with their managedFields or pod templates, and an
-update to a field the model never reads (a replica count, a timestamp) is not
-passed on at all.
+What is kept: only the fields the model reads (`kinds.KEEP`, `KEEP_METADATA`,
+`KEEP_ANNOTATIONS`), so memory grows with the Knative objects and not with
+their managedFields or pod templates, and an update to a field the model never
+reads (a replica count, a timestamp) is not passed on at all.
 
 Client: the official `kubernetes` client (37 and later) through its asyncio
 half, `kubernetes.aio`. Its synchronous half would need a thread per watch
-(seven), each blocked in a socket read that cancellation cannot interrupt;
-`kubernetes_asyncio` is the same generated code under another name. Only the
-client's configuration loading (a service-account token that rotates, a
-kubeconfig with exec or OIDC plugins) and its authenticated aiohttp session are
-used. The list/watch loop is ours: the client's `Watch` helper answers a 410 by
-watching once more from the same version and then raising, and leaves listing
-again and diffing to the caller; and it builds generated model objects, which
-would only be thrown away. Importing the client costs about 0.5 s and 27 MB
-(it loads every generated model), once.
+(seven or more), each blocked in a socket read that cancellation cannot
+interrupt; `kubernetes_asyncio` is the same generated code under another name.
+Only the client's configuration loading (a service-account token that rotates,
+a kubeconfig with exec or OIDC plugins) and its authenticated aiohttp session
+are used. The list/watch loop is ours: the client's `Watch` helper answers a
+410 by watching once more from the same version and then raising, and leaves
+listing again and diffing to the caller; and it builds generated model
+objects, which would only be thrown away. Importing the client costs about
+0.5 s and 27 MB (it loads every generated model), once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from ..model import ObjectKey, Problem, RawObject
-from ..model.objects import (
+from ..model.kinds import (
     ACTIVATOR_SERVICE,
-    BURST_CAPACITY_ANNOTATION,
+    CONFIG_MAP,
+    CONFIGURATION,
+    CORE,
     DISCOVERY,
+    ENDPOINT_SLICE,
+    INGRESS,
+    KEEP,
+    KEEP_ANNOTATIONS,
+    KEEP_METADATA,
+    KINDS,
     KNATIVE_NAMESPACE,
+    NETWORK_CONFIG_MAPS,
+    NETWORKING,
+    REVISION,
     REVISION_LABEL,
+    ROUTE,
+    SECRET,
+    SERVICE,
     SERVICE_NAME_LABEL,
     SERVICE_TYPE_LABEL,
     SERVING,
-)
-from ..model.resolve import (
-    CONFIG_MAP,
-    CONFIGURATION,
-    ENDPOINT_SLICE,
-    NETWORK_CONFIG_MAPS,
-    REVISION,
-    ROUTE,
     Ident,
 )
+from .base import Changes, Sink
 from .kube_http import ClusterConfigError, HttpApi, connect
 from .kube_watch import ORIGIN, Collection, KubeApi, Reflector, WatchOptions
 
 __all__ = [
-    "KEEP",
     "ClusterConfigError",
     "HttpApi",
+    "Input",
     "KubeSource",
-    "Sink",
     "collections",
     "connect",
     "trim",
@@ -89,72 +99,83 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Changes = dict[Ident, RawObject | None]
+TLS_SECRETS = "type=kubernetes.io/tls"
 
 
-def collections(*, follow_public_endpoints: bool = False) -> tuple[Collection, ...]:
-    """Every list/watch the model needs, each narrowed by its selectors."""
-    # `!=` also matches slices without the label, which the resolver counts as private.
+class Input(enum.Enum):
+    """What the cluster is read as."""
+
+    # KIngresses of our class, with the Services, Secrets and slices they name:
+    # knative-xds as Knative's networking layer (as net-kourier or net-istio are).
+    INGRESS = "ingress"
+    # Knative's Routes and Revisions read directly, no KIngress in between.
+    ROUTES = "routes"
+
+
+def collections(
+    *, input: Input | str = Input.INGRESS, follow_public_endpoints: bool = False
+) -> tuple[Collection, ...]:
+    """Every list/watch the model needs for this input, each narrowed by its selectors."""
+    read = Input(input)
+    # `!=` also matches slices without the label, which the model counts as private
+    # (a revision's) or as a plain Service's.
     service_type = "=Public" if follow_public_endpoints else "!=Public"
-    return (
-        Collection(ROUTE, SERVING, "routes"),
-        Collection(REVISION, SERVING, "revisions"),
-        Collection(CONFIGURATION, SERVING, "configurations"),
+    network = tuple(
         Collection(
-            ENDPOINT_SLICE,
-            DISCOVERY,
-            "endpointslices",
-            label_selector=f"{REVISION_LABEL},{SERVICE_TYPE_LABEL}{service_type}",
-        ),
-        Collection(
-            ENDPOINT_SLICE,
-            DISCOVERY,
-            "endpointslices",
+            CONFIG_MAP,
+            CORE,
+            "configmaps",
             namespace=KNATIVE_NAMESPACE,
-            label_selector=f"{SERVICE_NAME_LABEL}={ACTIVATOR_SERVICE}",
-        ),
-        *(
-            Collection(
-                CONFIG_MAP,
-                "v1",
-                "configmaps",
-                namespace=KNATIVE_NAMESPACE,
-                field_selector=f"metadata.name={name}",
-            )
-            for name in NETWORK_CONFIG_MAPS
-        ),
+            field_selector=f"metadata.name={name}",
+        )
+        for name in NETWORK_CONFIG_MAPS
+    )
+    if read is Input.ROUTES:
+        return (
+            Collection(ROUTE, SERVING, "routes"),
+            Collection(REVISION, SERVING, "revisions"),
+            Collection(CONFIGURATION, SERVING, "configurations"),
+            _slices(f"{REVISION_LABEL},{SERVICE_TYPE_LABEL}{service_type}"),
+            _slices(f"{SERVICE_NAME_LABEL}={ACTIVATOR_SERVICE}", namespace=KNATIVE_NAMESPACE),
+            *network,
+        )
+    # The activator's slices carry no serviceType label (activator-service is a plain
+    # Service), so the unlabelled slices bring them: a watch of their own would deliver
+    # each of them twice.
+    unlabelled = (_slices(f"!{SERVICE_TYPE_LABEL}"),) if follow_public_endpoints else ()
+    return (
+        Collection(INGRESS, NETWORKING, "ingresses"),
+        Collection(SERVICE, CORE, "services"),
+        _slices(f"{SERVICE_TYPE_LABEL}{service_type}"),
+        # A label selector cannot say "Public or none": with the public slices read,
+        # the plain Services' (which `!=Public` covers) are a watch of their own.
+        *unlabelled,
+        Collection(SECRET, CORE, "secrets", field_selector=TLS_SECRETS),
+        *network,
+    )
+
+
+def _slices(label_selector: str, *, namespace: str | None = None) -> Collection:
+    return Collection(
+        ENDPOINT_SLICE,
+        DISCOVERY,
+        "endpointslices",
+        namespace=namespace,
+        label_selector=label_selector,
     )
 
 
 # -- what is kept of each object ------------------------------------------------------
 
-# The fields the model reads (model/objects.py, model/network.py), per kind; `[]`
-# means every item of a list. When the model starts reading another field, add it
-# here: a test checks that trimmed objects parse exactly as whole ones.
-KEEP: Mapping[str, tuple[str, ...]] = {
-    ROUTE: ("spec.traffic",),
-    REVISION: (
-        "spec.containers[].ports",
-        "spec.timeoutSeconds",
-        "status.conditions[].type",
-        "status.conditions[].status",
-        "status.conditions[].reason",
-        "status.conditions[].message",
-    ),
-    CONFIGURATION: ("status.latestReadyRevisionName",),
-    ENDPOINT_SLICE: ("endpoints[].addresses", "endpoints[].conditions.ready", "ports"),
-    CONFIG_MAP: ("data",),
-}
-_METADATA = ("apiVersion", "kind", "metadata.name", "metadata.namespace", "metadata.labels")
-# Annotation keys hold dots, so these paths are spelled as tuples.
-_ANNOTATIONS: Mapping[str, tuple[str, ...]] = {REVISION: (BURST_CAPACITY_ANNOTATION,)}
-
 _Tree = dict[str, Any]  # field name -> subtree, or None for "the whole value"
 
 
 def _tree(kind: str) -> _Tree:
-    paths = [tuple(p.replace("[]", ".[]").split(".")) for p in (*_METADATA, *KEEP.get(kind, ()))]
-    paths += [("metadata", "annotations", key) for key in _ANNOTATIONS.get(kind, ())]
+    paths = [
+        tuple(p.replace("[]", ".[]").split(".")) for p in (*KEEP_METADATA, *KEEP.get(kind, ()))
+    ]
+    # Annotation keys hold dots, so they are added whole.
+    paths += [("metadata", "annotations", key) for key in KEEP_ANNOTATIONS.get(kind, ())]
     root: _Tree = {}
     for path in paths:
         node = root
@@ -164,7 +185,7 @@ def _tree(kind: str) -> _Tree:
     return root
 
 
-_TREES = {kind: _tree(kind) for kind in KEEP}
+_TREES = {kind: _tree(kind) for kind in KINDS}
 
 
 def trim(kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -187,33 +208,27 @@ def _project(value: Any, tree: _Tree | None) -> Any:
 # -- the source -----------------------------------------------------------------------
 
 
-class Sink(Protocol):
-    """Where changes go: `knative_xds.pipeline.Pipeline` is one."""
-
-    async def load(self, changes: Mapping[Ident, RawObject | None]) -> object: ...
-
-    def submit(self, changes: Mapping[Ident, RawObject | None]) -> None: ...
-
-    def set_source_problems(self, scope: str, problems: Iterable[Problem]) -> None: ...
-
-
 class KubeSource:
     def __init__(
         self,
         api: KubeApi,
         *,
+        input: Input | str = Input.INGRESS,
         follow_public_endpoints: bool = False,
         options: WatchOptions | None = None,
     ) -> None:
-        self.collections = collections(follow_public_endpoints=follow_public_endpoints)
+        self.input = Input(input)
+        self.collections = collections(
+            input=self.input, follow_public_endpoints=follow_public_endpoints
+        )
         self._api = api
         self._options = options or WatchOptions()
 
-    async def run(self, sink: Sink, ready: asyncio.Event | None = None) -> None:
+    async def run(self, sink: Sink, ready: asyncio.Event) -> None:
         """Feed `sink` until cancelled: first complete state via `load` (then `ready` is
         set), every later change via `submit`."""
         async with asyncio.TaskGroup() as tasks:
-            gate = _Gate(sink, ready or asyncio.Event(), self.collections, tasks.create_task)
+            gate = _Gate(sink, ready, self.collections, tasks.create_task)
             for collection in self.collections:
                 reflector = Reflector(
                     self._api,
@@ -239,7 +254,7 @@ class _Gate:
         self._sink = sink
         self._ready = ready
         self._unlisted = set(waiting)
-        self._held: Changes = {}
+        self._held: dict[Ident, RawObject | None] = {}
         self._spawn = spawn
 
     def emit(

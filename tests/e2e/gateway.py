@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from knative_xds import synth
-from knative_xds.app import ControlPlane, Settings, load_files
+from knative_xds.app import ControlPlane, Settings
 from knative_xds.envoy import EnvoyStats, admin_get, bootstrap_yaml, start_envoy, wait_ready
 from knative_xds.local.echo import bound_port, serve_echo
+from knative_xds.sources.file import FileSource
 from knative_xds.translate import GatewayConfig
 
 
@@ -115,7 +116,13 @@ class Gateway:
         self.plane = ControlPlane(
             Settings(gateway=GatewayConfig("127.0.0.1", self.external, self.internal))
         )
-        source, _ = await load_files(self.plane, self.config_dir)
+        loaded = asyncio.Event()
+        self._follow = asyncio.create_task(self.plane.run(FileSource(self.config_dir), loaded))
+        await self.wait_until(
+            lambda: loaded.is_set() or self._follow.done(), what="the first state", timeout=60
+        )
+        if self._follow.done():
+            self._follow.result()  # the source could not start: its error
         xds = await self.plane.start_xds("127.0.0.1:0")
         boot = self.workdir / "envoy.yaml"
         boot.write_text(
@@ -128,7 +135,6 @@ class Gateway:
             )
         )
         self._envoy = await start_envoy(boot, log_path=self.workdir / "envoy.log")
-        self._follow = asyncio.create_task(self.plane.follow(source))
         await wait_ready(self.admin, self._envoy)
         await self.wait_until(lambda: self._listening(), what="Envoy's listeners to accept")
 

@@ -87,17 +87,20 @@ async def test_a_cluster_local_route_is_404_outside_and_for_names_only_starting_
     assert (lookalike.status, lookalike_with_port.status) == (404, 404)
 
 
-async def test_a_public_route_also_answers_at_its_cluster_local_names_inside(gateway):
+async def test_a_public_route_answers_inside_at_its_cluster_local_names_and_public_host(gateway):
     hello = await gateway.ready_revisions("hello-00001")
     await gateway.start([s.route("hello", [s.target("hello-00001", 100)]), *hello])
     await gateway.wait_served(HELLO, "hello-00001")
 
     inside = await gateway.get("hello.default.svc.cluster.local", internal=True)
-    # It starts with `hello.default` too, reaching the Route's internal table: no such host.
+    # Knative's visibility contract: an ExternalIP host answers on both listeners.
     external_host_inside = await gateway.get(HELLO, internal=True)
+    # It starts with `hello.default` too, reaching the Route's internal table: no such host.
+    bogus = await gateway.get("hello.default.bogus", internal=True)
 
     assert inside.revision == "hello-00001"
-    assert external_host_inside.status == 404
+    assert external_host_inside.revision == "hello-00001"
+    assert bogus.status == 404
 
 
 async def test_a_public_host_with_a_port_answers_and_reaches_the_app_without_it(gateway):

@@ -1,0 +1,56 @@
+"""The one shape every source has: what it feeds (`Sink`) and how it runs (`Source`).
+
+A source owns one view of the outside world (a folder of YAML, a cluster) and
+feeds a sink in two phases. First the complete state: objects are `stage`d
+(in as many parts as suit the source) and `load`ed, which publishes them all at
+once; only then is `ready` set, because an empty or partial first push would
+wipe a running gateway. From then on every change is `submit`ted, and the sink
+coalesces and applies it. `set_source_problems` names what the source itself
+could not read (a file that is not YAML, an API request that keeps failing),
+one scope at a time; a later call for the same scope replaces it.
+
+`knative_xds.pipeline.Pipeline` and `knative_xds.app.ControlPlane` are sinks;
+`sources.file.FileSource` and `sources.kube.KubeSource` are sources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+from ..model import Problem, RawObject
+from ..model.kinds import Ident
+
+# Object changes by identity: a new or changed object, or None for one deleted.
+Changes = Mapping[Ident, RawObject | None]
+
+
+class Sink(Protocol):
+    """Where a source's objects go."""
+
+    def stage(self, changes: Changes) -> None:
+        """Take in a part of the first state; nothing is published until `load`."""
+        ...
+
+    async def load(self, changes: Changes | None = None) -> object:
+        """Publish the first state: what was staged, and `changes`."""
+        ...
+
+    def submit(self, changes: Changes) -> None:
+        """A change after the first state; empty changes only report problems anew."""
+        ...
+
+    def set_source_problems(self, scope: str, problems: Iterable[Problem]) -> None: ...
+
+
+class Source(Protocol):
+    async def run(self, sink: Sink, ready: asyncio.Event) -> None:
+        """Feed `sink` until cancelled: the first complete state through `stage`/`load`,
+        then `ready` is set, then every later change through `submit`.
+
+        Errors of the outside world (a bad file, an API server away) are reported
+        through `set_source_problems` and do not end `run`; only a source that
+        cannot start at all (a path that does not exist) raises.
+        """
+        ...
