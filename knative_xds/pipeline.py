@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from .bulk import bulk_allocation
 from .cache import InconsistentSnapshot, Snapshot, SnapshotCache
 from .model import Problem, RawObject, Resolver, Update
 from .model.kinds import Ident
@@ -29,26 +29,6 @@ BULK_OBJECTS = 1000
 # Routes translated between two turns of the event loop during a first load: about
 # 20 ms of work, so streams are served while 5,000 Routes are built.
 ROUTES_PER_STEP = 100
-
-
-@contextlib.contextmanager
-def bulk_allocation() -> Iterator[None]:
-    """Build a large, long-lived state without the cyclic garbage collector in the way.
-
-    Loading 10,000 revisions allocates hundreds of thousands of objects that live
-    on; the collector would rescan them over and over while they are built (about
-    a third of the load, measured) and again, as its oldest generation, during
-    later edits. It is paused meanwhile, and what was built is then frozen out of
-    its reach (reference counting still frees it when it is dropped).
-    """
-    paused = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if paused:
-            gc.enable()
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,9 +31,9 @@ from typing import Any
 import watchfiles
 import yaml_rs
 
+from ..bulk import bulk_allocation
 from ..model import ObjectKey, Problem, RawObject
 from ..model.kinds import Ident, accepts
-from ..pipeline import bulk_allocation
 from .base import Sink
 
 log = logging.getLogger(__name__)
