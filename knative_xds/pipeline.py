@@ -58,6 +58,9 @@ class Pipeline:
         self._reported: set[Problem] = set()
         # Held by a staged first load across its steps: submitted changes wait for it.
         self._loading = asyncio.Lock()
+        # Told of every applied batch, after its snapshot is published (KIngress status
+        # follows what each published snapshot carries to the gateways).
+        self.on_applied: list[Callable[[Applied], None]] = []
 
     # -- problems ----------------------------------------------------------------------
 
@@ -89,7 +92,9 @@ class Pipeline:
             delta = self.translator.translate(update)
             snapshot = self._publish(delta)
         self._report()
-        return Applied(update, snapshot, time.perf_counter() - started, delta.count())
+        return self._applied(
+            Applied(update, snapshot, time.perf_counter() - started, delta.count())
+        )
 
     def stage(self, changes: Mapping[Ident, RawObject | None]) -> None:
         """Take objects in for the next `load` (a first load arrives in parts)."""
@@ -126,9 +131,14 @@ class Pipeline:
                 await asyncio.sleep(0)
             snapshot = self._publish(rest)
         self._report()
-        return Applied(
-            update, snapshot, time.perf_counter() - started, first.count() + rest.count()
+        return self._applied(
+            Applied(update, snapshot, time.perf_counter() - started, first.count() + rest.count())
         )
+
+    def _applied(self, applied: Applied) -> Applied:
+        for listener in self.on_applied:
+            listener(applied)
+        return applied
 
     def _publish(self, delta: Delta, loaded: Iterable[str] = PUSH_ORDER) -> Snapshot | None:
         try:
