@@ -113,13 +113,12 @@ def where_to_send(state: State, settings: Settings) -> str:
     for ingress in sorted(state.ingresses.values(), key=lambda i: i.key):
         for rule in ingress.rules:
             port = g.external_port if rule.visibility is Visibility.EXTERNAL else g.internal_port
-            # The path every request takes (a tag header's path, if any, is tried first).
-            path = next((p for p in rule.paths if not p.match_headers), None)
-            splits = path.splits if path is not None else ()
-            split = ", ".join(f"{s.backend} {s.percent}%" for s in splits)
-            lines.append(
-                f"  curl -H 'Host: {rule.hosts[0]}' http://{g.listen_address}:{port}/    # {split}"
-            )
+            # The paths a plain request can take (those matching headers, such as a tag
+            # header's or Knative's probe, are left out), each with where it goes.
+            for path in (p for p in rule.paths if not p.match_headers):
+                split = ", ".join(f"{s.backend} {s.percent}%" for s in path.splits)
+                url = f"http://{g.listen_address}:{port}{path.prefix or '/'}"
+                lines.append(f"  curl -H 'Host: {rule.hosts[0]}' {url}    # {split}")
     return (
         "\n".join(lines) or "  (no valid routes yet: fix the problems above, the file is watched)"
     )
