@@ -53,7 +53,7 @@ def measure(routes: int, edits: int) -> dict:
         sub.record_sent("0", dict(items), version="v0", full_state=True)
         sub.answer("0", None)
         subs[type_url] = sub
-    encoder = Stream(cache=plane.cache, delta=False, peer="bench", on_nack=lambda *a: None)
+    encoder = Stream(cache=plane.cache, delta=False, peer="bench")
     times, sizes = [], []
     planned = snapshot.counters[ROUTE]
     for n in range(edits):

@@ -147,8 +147,11 @@ class Resolver:
             if kind not in KINDS or not self._store(ident, raw):
                 continue
             if kind in _INPUTS:
-                # A Route and a KIngress of one name are one Ingress: the other must know.
-                dirty.ingresses |= {(k, key) for k in _INPUTS}
+                dirty.ingresses.add(ident)
+                # A Route and a KIngress of one name are one Ingress, and the Route wins:
+                # a KIngress of its name must hear of it.
+                if kind == ROUTE and (INGRESS, key) in self._specs:
+                    dirty.ingresses.add((INGRESS, key))
             elif kind in _DEPENDENCIES:
                 dirty.ingresses |= self._users.get(ident, set())
                 if kind == SECRET:

@@ -128,16 +128,25 @@ def listener_rules(ingress: Ingress, listener: Listener) -> list[Rule]:
 def route_tables(ingress: Ingress) -> tuple[Resource, ...]:
     """One RouteConfiguration per listener the Ingress has hosts on, named for it."""
     timeouts = {b.name: b.timeout_seconds for b in ingress.backends}
+    # A public rule's virtual host is the same on every listener that serves it as is:
+    # built once per rule (a Route's edit builds its public hosts once, not twice).
+    built: dict[int, rc.VirtualHost | None] = {}
     tables = []
     for listener in Listener:
         rules = listener_rules(ingress, listener)
         redirect = listener is Listener.EXTERNAL and ingress.http_option is HttpOption.REDIRECTED
         skip = frozenset(ingress.internal_shadowed if listener is Listener.INTERNAL else ())
-        vhosts = [
-            v
-            for r in rules
-            if (v := virtual_host(ingress, r, timeouts, redirect=redirect, skip=skip)) is not None
-        ]
+        vhosts = []
+        for rule in rules:
+            plain = not redirect and not skip.intersection(rule.hosts)
+            if plain and id(rule) in built:
+                vhost = built[id(rule)]
+            else:
+                vhost = virtual_host(ingress, rule, timeouts, redirect=redirect, skip=skip)
+                if plain:
+                    built[id(rule)] = vhost
+            if vhost is not None:
+                vhosts.append(vhost)
         if not vhosts:
             continue
         msg = route_pb2.RouteConfiguration(
