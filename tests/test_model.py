@@ -70,7 +70,7 @@ def tag_headers_of(rule: Rule) -> tuple[tuple[str, str], ...]:
     )
 
 
-def Route(key: ObjectKey, rules: tuple[Rule, ...], revisions: tuple[Backend, ...]) -> Ingress:  # noqa: N802
+def Route(key: ObjectKey, rules: tuple[Rule, ...], revisions: tuple[Backend, ...]) -> Ingress:
     return Ingress(key=key, rules=rules, backends=revisions)
 
 

@@ -67,8 +67,8 @@ def _path(
     splits: list[Split] = []
     for k, split in enumerate(path.splits):
         backend = _backend(split, f"{at}.splits[{k}]", find, deps)
-        backends[backend.name] = backend
-        if split.percent > 0:  # a 0 % split gets nothing
+        if split.percent > 0:  # a 0 % split gets nothing, and needs no cluster
+            backends[backend.name] = backend
             splits.append(Split(backend.name, split.percent, split.headers))
     return Path(
         splits=tuple(splits),

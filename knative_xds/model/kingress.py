@@ -131,7 +131,8 @@ def _rule(ns: str, rule: Mapping[str, Any]) -> RuleSpec:
     hosts = tuple(_strings(rule, "hosts"))
     if not hosts:
         raise ObjectError("hosts", "must list at least one host")
-    visibility = get(rule, "visibility", str, "ExternalIP")
+    # Knative defaults an empty visibility to ExternalIP (ingress_defaults.go).
+    visibility = get(rule, "visibility", str, "") or "ExternalIP"
     if visibility not in VISIBILITIES:
         raise ObjectError("visibility", f"must be ExternalIP or ClusterLocal, got {visibility!r}")
     paths_raw = get(rule, "http.paths", list, [])

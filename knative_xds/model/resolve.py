@@ -373,8 +373,12 @@ class Resolver:
     def _refresh_certificates(self, secrets: Iterable[ObjectKey]) -> set[ObjectKey]:
         changed: set[ObjectKey] = set()
         for key in secrets:
-            cert = self._specs.get((SECRET, key)) if key in self._secret_users else None
-            value = cert if isinstance(cert, Certificate) else None
+            value = None
+            if key in self._secret_users:
+                cert = self._specs.get((SECRET, key))
+                # A Secret deleted (or unparsable) under a served Ingress: the Ingress keeps
+                # its last good version, and so its certificate keeps serving.
+                value = cert if isinstance(cert, Certificate) else self._certificates.get(key)
             if self._certificates.get(key) != value:
                 changed.add(key)
                 if value is None:

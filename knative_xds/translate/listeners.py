@@ -12,7 +12,7 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from google.protobuf import any_pb2
 
 from ..model import ObjectKey, Tls
@@ -97,7 +97,7 @@ def tls_listener_resource(
     filter_chains = []
     for secret, hosts in chains.items():
         context = tls_pb2.DownstreamTlsContext(
-            common_tls_context=common_pb2.CommonTlsContext(
+            common_tls_context=tls_pb2.CommonTlsContext(
                 alpn_protocols=["h2", "http/1.1"],
                 tls_certificate_sds_secret_configs=[
                     secret_pb2.SdsSecretConfig(name=secret, sds_config=ads_config_source())

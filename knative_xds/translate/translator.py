@@ -75,6 +75,7 @@ class Translator:
         # Ingresses with TLS hosts: what the HTTPS listener's filter chains are made of.
         self._tls: dict[ObjectKey, tuple[Tls, ...]] = {}
         self._tls_listener: Resource | None = None
+        self._certificates_moved = False
         self._started = False
         self.stats = Stats()
 
@@ -105,8 +106,9 @@ class Translator:
             self._started = True
             for resource in self._listeners():
                 delta.set(resource)
-        # A certificate that comes or goes adds or drops its filter chain.
-        tls_touched = bool(update.changed_certificates)
+        # A certificate that came or went adds or drops its filter chain; a rotation
+        # changes the secret alone.
+        tls_touched, self._certificates_moved = self._certificates_moved, False
         for key in keys:
             ingress = update.state.ingresses.get(key)
             self._swap_resources(key, ingress, delta)
@@ -245,7 +247,9 @@ class Translator:
             if held is not None:
                 del self._secrets[key]
                 delta.remove(SECRET, held.name)
+                self._certificates_moved = True
             return
+        self._certificates_moved |= held is None
         resource = secret_resource(certificate)
         if held is None or held.version != resource.version:
             self._secrets[key] = resource
