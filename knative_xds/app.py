@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -23,6 +24,9 @@ from .pipeline import Applied, Pipeline
 from .server import AdsServer, start
 from .sources.base import Changes, Source
 from .translate import GatewayConfig, Translator
+
+if TYPE_CHECKING:
+    from .status.reporter import StatusReporter
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,8 @@ class ControlPlane:
         self.ads = AdsServer(self.cache)
         # Set once a first state is published (a refused first snapshot is not loaded).
         self.loaded = asyncio.Event()
+        # KIngress status (serve --kubernetes with KIngress input), for /debug/status.
+        self.reporter: StatusReporter | None = None
         # What the first load did: its state and problems (`validate` and `up` print them).
         self.first_load: Applied | None = None
         self._grpc: grpc.aio.Server | None = None

@@ -98,6 +98,32 @@ def _add_ingress_class_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_status_flags(p: argparse.ArgumentParser) -> None:
+    from .status.conditions import PRIVATE_GATEWAY, PUBLIC_GATEWAY
+
+    g = p.add_argument_group(
+        "KIngress status (--kubernetes): what Knative is told once every gateway serves one"
+    )
+    g.add_argument(
+        "--public-gateway",
+        default=PUBLIC_GATEWAY,
+        metavar="DNS_NAME",
+        help=f"status.publicLoadBalancer domainInternal: the external gateway Service (default: {PUBLIC_GATEWAY})",
+    )
+    g.add_argument(
+        "--private-gateway",
+        default=PRIVATE_GATEWAY,
+        metavar="DNS_NAME",
+        help=f"status.privateLoadBalancer domainInternal: the cluster-local gateway Service (default: {PRIVATE_GATEWAY})",
+    )
+    g.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE") or "knative-xds",
+        help="where the Lease lives that picks the one replica writing status "
+        "(default: $POD_NAMESPACE, else knative-xds); the holder is named by $POD_NAME",
+    )
+
+
 def _add_envoy_stats_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--envoy-stats",
@@ -171,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --kubernetes: use the revisions' public service endpoints that Knative's ServerlessService manages (Knative picks activator or pods) instead of the private ones",
     )
     _add_ingress_class_flag(serve)
+    _add_status_flags(serve)
     _add_gateway_flags(serve, listen="0.0.0.0")
 
     boot = sub.add_parser(
@@ -409,11 +436,41 @@ async def _serve_kubernetes(plane: ControlPlane, args: argparse.Namespace) -> in
                 input=args.kubernetes_input,
                 follow_public_endpoints=plane.settings.follow_public_endpoints,
             )
-            await _listen_and_run(plane, source, args)
+            if args.kubernetes_input != "ingress":
+                await _listen_and_run(plane, source, args)
+                return 0
+            async with asyncio.TaskGroup() as tasks:
+                reporter = plane.reporter = _status_reporter(plane, api, args)
+                tasks.create_task(reporter.run(), name="kingress status")
+                await _listen_and_run(plane, source, args)
     except ClusterConfigError as e:
         log.error("%s", e)
         return EXIT_CANNOT_RUN
     return 0
+
+
+def _status_reporter(plane: ControlPlane, api: object, args: argparse.Namespace):
+    from .status.conditions import LoadBalancers
+    from .status.lease import LeaseSettings
+    from .status.reporter import ReporterSettings, StatusReporter
+    from .status.writer import WriterSettings
+
+    settings = ReporterSettings(
+        lease=LeaseSettings(namespace=args.lease_namespace),
+        writer=WriterSettings(
+            ingress_class=plane.settings.ingress_class,
+            balancers=LoadBalancers(public=args.public_gateway, private=args.private_gateway),
+        ),
+    )
+    return StatusReporter(
+        ads=plane.ads,
+        cache=plane.cache,
+        translator=plane.translator,
+        state=lambda: plane.resolver.state,
+        problems=plane.problems,
+        api=api,  # type: ignore[arg-type]
+        settings=settings,
+    )
 
 
 async def _up(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ def status(plane: ControlPlane) -> dict[str, Any]:
             }
             for s in plane.ads.streams.values()
         ],
+        "kingresses": plane.reporter.summary() if plane.reporter is not None else None,
         "nacks": [
             {"node": node, "type": short(t), "error": n.message, "version": n.version}
             for (node, t), n in plane.ads.nacks.items()

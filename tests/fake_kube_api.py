@@ -6,11 +6,20 @@ pages) and chunked watch streams of `{"type": ..., "object": ...}` lines on
 and `fieldSelector` as the API server does. An object that stops (or starts)
 matching a watch's selector is reported to it as DELETED (or ADDED).
 
+It also takes writes as the API server does for the status side: one
+object's GET, POST (409 when it exists), PUT (409 on a stale
+`metadata.resourceVersion`) and JSON merge PATCH, of the object or of its
+`/status` subresource. A status write changes only `status`; any change
+bumps the resourceVersion and is seen by watches, and `metadata.generation`
+moves only when `spec` changes (as for a CRD with a status subresource).
+
 Tests steer it: `put`/`delete` change objects (each bumps the resourceVersion),
 `compact` forgets history so older versions get 410 Gone, `expire_watches`
 and `drop_watches` end open watches, `fail` answers the next requests with an
-error status, and `hold` parks requests until released. Every request is
-recorded with its query, and `wait_for` waits on the record without sleeping.
+error status, `hold` parks requests until released, and `latency` delays
+answers per verb. Every request is recorded with its query and body, how many
+of its verb were in flight at once is kept in `peak`, and `wait_for` waits on
+the record without sleeping.
 """
 
 from __future__ import annotations
@@ -31,19 +40,30 @@ PLURALS = {
     "Configuration": "configurations",
     "EndpointSlice": "endpointslices",
     "ConfigMap": "configmaps",
+    "Ingress": "ingresses",
+    "Service": "services",
+    "Secret": "secrets",
+    "Lease": "leases",
 }
-_PATH = re.compile(
-    r"^/(?:api/(?P<core>v1)|apis/(?P<gv>[^/]+/[^/]+))(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[^/]+)$"
+_GROUP = r"^/(?:api/(?P<core>v1)|apis/(?P<gv>[^/]+/[^/]+))"
+_PATH = re.compile(_GROUP + r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[^/]+)$")
+_OBJECT = re.compile(
+    _GROUP + r"/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)/(?P<name>[^/]+)(?:/(?P<sub>status))?$"
 )
+MERGE_PATCH = "application/merge-patch+json"
 
 
 @dataclass(frozen=True, slots=True)
 class Seen:
-    verb: str  # "list" or "watch"
+    verb: str  # "list", "watch", "get", "create", "replace" or "patch"
     path: str
     query: Mapping[str, str]
     at: float
     authorization: str = ""
+    body: Any = None  # the decoded JSON body of a write
+    content_type: str = ""
+    # How many requests of this verb were being answered when it arrived (itself included).
+    concurrent: int = 1
 
     @property
     def target(self) -> str:
@@ -104,12 +124,16 @@ class FakeApiServer:
         self._changed = Changed()
         self._runner: web.AppRunner | None = None
         self.url = ""
+        # Per verb: seconds every answer waits, requests now being answered, most at once.
+        self.latency: dict[str, float] = {}
+        self._in_flight: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> str:
         app = web.Application()
-        app.router.add_get("/{tail:.*}", self._handle)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, shutdown_timeout=0.1, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -131,18 +155,23 @@ class FakeApiServer:
     # -- steering -------------------------------------------------------------------------
 
     def put(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Create or replace an object (its kind and apiVersion say where it lives)."""
+        """Create or replace an object (its kind and apiVersion say where it lives).
+
+        As a client's write of the main resource would: a body without `status`
+        keeps the stored one, and `metadata.generation` counts changes of `spec`.
+        """
         obj = json.loads(json.dumps(body))
         resource = (obj["apiVersion"], PLURALS[obj["kind"]])
         meta = obj.setdefault("metadata", {})
         meta.setdefault("namespace", "default")
-        self._rv += 1
-        meta["resourceVersion"] = str(self._rv)
-        store = self._objects.setdefault(resource, {})
-        old = store.get((meta["namespace"], meta["name"]))
-        store[(meta["namespace"], meta["name"])] = obj
-        self._record(_Event(self._rv, resource, old, obj))
-        return obj
+        old = self._objects.get(resource, {}).get((meta["namespace"], meta["name"]))
+        if old is not None and "status" not in obj and "status" in old:
+            obj["status"] = old["status"]
+        return self._store(resource, obj, old)
+
+    def stored(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        """The object as the server now holds it (KeyError if there is none)."""
+        return self._objects[(api_version, PLURALS[kind])][(namespace, name)]
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         resource = (api_version, PLURALS[kind])
@@ -190,6 +219,21 @@ class FakeApiServer:
     def _poke(self) -> None:
         self._changed.fire()
 
+    def _store(
+        self, resource: tuple[str, str], obj: dict[str, Any], old: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        meta = obj["metadata"]
+        if old is None:
+            meta.setdefault("generation", 1)
+        else:
+            moved = old.get("spec") != obj.get("spec")
+            meta["generation"] = old["metadata"].get("generation", 1) + int(moved)
+        self._rv += 1
+        meta["resourceVersion"] = str(self._rv)
+        self._objects.setdefault(resource, {})[(meta["namespace"], meta["name"])] = obj
+        self._record(_Event(self._rv, resource, old, obj))
+        return obj
+
     def _record(self, event: _Event) -> None:
         self._history.append(event)
         self._poke()
@@ -200,26 +244,73 @@ class FakeApiServer:
         self._poke()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        match = _PATH.match(request.path)
-        if match is None:
-            return web.json_response(_status(404, "NotFound", "no such path"), status=404)
+        match = _OBJECT.match(request.path) or _PATH.match(request.path)
+        verb = _verb(request.method, match, request.query)
+        if match is None or verb is None:
+            return _error(404 if match is None else 405, "no such path or method")
         query = dict(request.query)
-        verb = "watch" if query.get("watch") in ("true", "1") else "list"
+        body = await request.json() if request.can_read_body else None
+        count = self._in_flight[verb] = self._in_flight.get(verb, 0) + 1
+        self.peak[verb] = max(self.peak.get(verb, 0), count)
         seen = Seen(
-            verb, request.path, query, time.monotonic(), request.headers.get("Authorization", "")
+            verb,
+            request.path,
+            query,
+            time.monotonic(),
+            request.headers.get("Authorization", ""),
+            body,
+            request.content_type if body is not None else "",
+            count,
         )
         self.seen.append(seen)
         self._poke()
-        status = await self._apply_rules(verb, seen.target)
-        if status:
-            return web.json_response(
-                _status(status, "InternalError", "injected failure"), status=status
-            )
-        resource = (match["core"] or match["gv"], match["plural"])
-        selects = _selector(match["ns"], query)
-        if verb == "list":
-            return self._list(resource, selects, query)
-        return await self._watch(request, resource, selects, query)
+        try:
+            if self.latency.get(verb):
+                await asyncio.sleep(self.latency[verb])
+            status = await self._apply_rules(verb, seen.target)
+            if status:
+                return _error(status, "injected failure")
+            resource = (match["core"] or match["gv"], match["plural"])
+            if verb in ("get", "create", "replace", "patch"):
+                return self._write(verb, resource, match, seen)
+            selects = _selector(match["ns"], query)
+            if verb == "list":
+                return self._list(resource, selects, query)
+            return await self._watch(request, resource, selects, query)
+        finally:
+            self._in_flight[verb] -= 1
+
+    def _write(
+        self, verb: str, resource: tuple[str, str], match: re.Match, seen: Seen
+    ) -> web.Response:
+        """One object's GET, POST, PUT or merge PATCH (of it or of its status)."""
+        store = self._objects.setdefault(resource, {})
+        body = seen.body if isinstance(seen.body, dict) else {}
+        meta = body.get("metadata") or {}
+        if verb == "create":
+            key = (match["ns"], meta.get("name", ""))
+            if key in store:
+                return _error(409, f"{resource[1]} {key[1]} already exists", "AlreadyExists")
+            obj = {**body, "metadata": {**meta, "namespace": match["ns"]}}
+            return web.json_response(self._store(resource, obj, None), status=201)
+        key = (match["ns"], match["name"])
+        old = store.get(key)
+        if old is None:
+            return _error(404, f"{resource[1]} {key[1]} not found", "NotFound")
+        if verb == "get":
+            return web.json_response(old)
+        if meta.get("resourceVersion") not in (None, old["metadata"]["resourceVersion"]):
+            return _error(409, "the object has been modified; apply to the latest", "Conflict")
+        if verb == "patch":
+            if seen.content_type != MERGE_PATCH:
+                return _error(415, f"unsupported patch type {seen.content_type}")
+            body = merge_patch(old, body)
+        obj = json.loads(json.dumps(body))
+        if match["sub"]:
+            # The status subresource writes status and nothing else.
+            obj = {**old, "status": obj.get("status")}
+        obj["metadata"] = {**obj.get("metadata", {}), "namespace": key[0], "name": key[1]}
+        return web.json_response(self._store(resource, obj, old))
 
     async def _apply_rules(self, verb: str, target: str) -> int:
         for rule in self._rules:
@@ -311,6 +402,40 @@ class FakeApiServer:
 
 async def _send(response: web.StreamResponse, kind: str, obj: Mapping[str, Any]) -> None:
     await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+
+
+def _verb(method: str, match: re.Match | None, query: Mapping[str, str]) -> str | None:
+    if match is None:
+        return None
+    one = "name" in match.groupdict()
+    if method == "GET":
+        if one:
+            return "get"
+        return "watch" if query.get("watch") in ("true", "1") else "list"
+    return {("POST", False): "create", ("PUT", True): "replace", ("PATCH", True): "patch"}.get(
+        (method, one)
+    )
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: maps merge key by key, null removes a key, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+_REASONS = {404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict", 415: "UnsupportedMediaType"}
+
+
+def _error(code: int, message: str, reason: str = "") -> web.Response:
+    reason = reason or _REASONS.get(code, "InternalError")
+    return web.json_response(_status(code, reason, message), status=code)
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:

@@ -128,6 +128,11 @@ class Resolver:
     def network(self) -> net.NetworkConfig:
         return self._network
 
+    @property
+    def state(self) -> State:
+        """The State of the last `resolve`."""
+        return self._state
+
     def apply(self, changes: Mapping[Ident, RawObject | None]) -> Update:
         """Apply upserts (a RawObject) and deletions (None), keyed by (kind, key)."""
         self.stage(changes)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError, Message
 
 from ..cache import ConfigCache
-from .stream import ProtocolError, Stream, StreamStatus
+from .callbacks import Fanout, NackLog, StreamCallbacks
+from .stream import ProtocolError, Stream
 from .subscription import Nack
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,27 @@ async def _decoded(
 
 
 class AdsServer:
-    """Serves every gateway the same snapshot; keeps per-stream status and NACKs for operators."""
+    """Serves every gateway the same snapshot; keeps per-stream status and NACKs for operators.
 
-    def __init__(self, cache: ConfigCache) -> None:
+    Observers of the streams (status readiness, metrics) watch through `callbacks`,
+    given here or added later with `observe`; the NACK log is one of them.
+    """
+
+    def __init__(self, cache: ConfigCache, callbacks: Iterable[StreamCallbacks] = ()) -> None:
         self.cache = cache
         self.streams: dict[int, Stream] = {}
-        # The last rejection per (node id, type URL): what an operator asks first.
-        self.nacks: dict[tuple[str, str], Nack] = {}
+        self._nack_log = NackLog()
+        self.callbacks = Fanout((self._nack_log, *callbacks))
+
+    @property
+    def nacks(self) -> dict[tuple[str, str], Nack]:
+        """The last rejection per (node id, type URL): what an operator asks first."""
+        return self._nack_log.nacks
+
+    def observe(self, observer: StreamCallbacks) -> Callable[[], None]:
+        """Add an observer of every stream, open or to come; returns its removal."""
+        self.callbacks.add(observer)
+        return lambda: self.callbacks.remove(observer)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
@@ -106,9 +121,10 @@ class AdsServer:
             # a refused Envoy backs off (up to seconds) and would come back late.
             await self._first_state()
         stream = Stream(
-            cache=self.cache, delta=delta, peer=context.peer(), on_nack=self._record_nack
+            cache=self.cache, delta=delta, peer=context.peer(), callbacks=self.callbacks
         )
         self.streams[stream.status.id] = stream
+        self.callbacks.on_stream_open(stream.status)
         log.info(
             "stream %s opened from %s (%s)",
             stream.status.id,
@@ -125,6 +141,7 @@ class AdsServer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
         finally:
             del self.streams[stream.status.id]
+            self.callbacks.on_stream_close(stream.status)
             log.info("stream %s closed (%s)", stream.status.id, stream.status.node_id or "?")
 
     async def _first_state(self) -> None:
@@ -136,9 +153,6 @@ class AdsServer:
                 published.clear()
         finally:
             cancel()
-
-    def _record_nack(self, status: StreamStatus, type_url: str, nack: Nack) -> None:
-        self.nacks[(status.node_id, type_url)] = nack
 
 
 async def start(ads: AdsServer, address: str) -> tuple[grpc.aio.Server, int]:

@@ -19,6 +19,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from ..cache import ConfigCache, Snapshot
 from ..resources import PUSH_ORDER, short
+from .callbacks import NO_CALLBACKS, StreamCallbacks
 from .decide import classify_delta, classify_sotw
 from .plan import Outgoing, after_send, plan_delta, plan_sotw
 from .subscription import Decision, Nack, Subscription
@@ -53,14 +54,20 @@ class StreamStatus:
 
 
 Send = Callable[[bytes], Awaitable[None]]
-OnNack = Callable[[StreamStatus, str, Nack], None]
 
 
 class Stream:
-    def __init__(self, *, cache: ConfigCache, delta: bool, peer: str, on_nack: OnNack) -> None:
+    def __init__(
+        self,
+        *,
+        cache: ConfigCache,
+        delta: bool,
+        peer: str,
+        callbacks: StreamCallbacks = NO_CALLBACKS,
+    ) -> None:
         self._cache = cache
         self._delta = delta
-        self._on_nack = on_nack
+        self._callbacks = callbacks
         self._wake = asyncio.Event()
         self._closed = False
         self._nonces = itertools.count(1)
@@ -118,14 +125,14 @@ class Stream:
         decision = classify_sotw(request, sub)
         if sub is None:
             sub = self.subs[type_url] = Subscription(type_url)
-        if request.response_nonce:
-            self._answer(sub, request.response_nonce, request)
+        nack = self._answer(sub, request.response_nonce, request)
         if decision is Decision.INITIAL and sub.responded:
             # A repeated first request: the client may have lost its state; resend all.
             sub.restart()
         if decision is not Decision.STALE:
             sub.set_names(request.resource_names)
         self._log(decision, type_url, request.response_nonce, sub)
+        self._callbacks.on_request(self.status, type_url, decision, nack)
 
     def _on_delta(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         type_url = request.type_url
@@ -136,20 +143,24 @@ class Stream:
             snapshot = self._cache.current()
             if snapshot is not None and request.initial_resource_versions:
                 sub.seed_known(request.initial_resource_versions, snapshot.of(type_url))
-        if request.response_nonce:
-            self._answer(sub, request.response_nonce, request)
+        nack = self._answer(sub, request.response_nonce, request)
         sub.update_names(request.resource_names_subscribe, request.resource_names_unsubscribe)
         self._log(decision, type_url, request.response_nonce, sub)
+        self._callbacks.on_request(self.status, type_url, decision, nack)
 
-    def _answer(self, sub: Subscription, nonce: str, request) -> None:
+    def _answer(self, sub: Subscription, nonce: str, request) -> Nack | None:
+        """Apply the ACK or NACK a request carries; the rejection, if it was one."""
+        if not nonce:
+            return None
         error = request.error_detail.message if request.HasField("error_detail") else None
-        if sub.answer(nonce, error) is Decision.NACK and sub.last_nack is not None:
-            # The rejected version is not resent: `sent` still holds it, so plan sees
-            # nothing new until the snapshot changes.
-            log.warning(
-                "NACK %s %s nonce=%s: %s", self.status.node_id, short(sub.type_url), nonce, error
-            )
-            self._on_nack(self.status, sub.type_url, sub.last_nack)
+        if sub.answer(nonce, error) is not Decision.NACK or sub.last_nack is None:
+            return None
+        # The rejected version is not resent: `sent` still holds it, so plan sees
+        # nothing new until the snapshot changes.
+        log.warning(
+            "NACK %s %s nonce=%s: %s", self.status.node_id, short(sub.type_url), nonce, error
+        )
+        return sub.last_nack
 
     def _log(self, decision: Decision, type_url: str, nonce: str, sub: Subscription) -> None:
         counts = self.status.decisions
@@ -190,14 +201,18 @@ class Stream:
                     removed=out.removed,
                 )
                 after_send(out, self.subs)
+                data = self._encode(out, nonce, snapshot)
                 try:
-                    await send(self._encode(out, nonce, snapshot))
+                    await send(data)
                 except Exception as e:
                     # The transport is gone (the client died or reset): there is no one left
                     # to send to, so the stream ends here rather than as a server error.
                     log.info("stream %s: send failed, client gone (%s)", self.status.id, e)
                     self._closed = True
                     return
+                self._callbacks.on_response(
+                    self.status, type_url, out.version, len(out.resources), len(data)
+                )
 
     def _plan(self, type_url: str, snapshot: Snapshot) -> Outgoing | None:
         """Plan one type, looking only at names that may have changed for this client."""

@@ -3,9 +3,11 @@
 `connect` finds the configuration the way kubectl and client-go do (the pod's
 service account inside a cluster, else a kubeconfig) and yields an `HttpApi`:
 plain GETs of list pages and of newline-delimited watch streams, authenticated
-by an ApiClient of the official client's `kubernetes.aio`. Only bodies as dicts
-cross this boundary; transport failures and error statuses come out as
-`ApiError` (410 Gone as `Expired`), which the reflectors retry.
+by an ApiClient of the official client's `kubernetes.aio`. The status side
+writes through the same session: get, create and replace one object (a Lease)
+and merge-patch a status subresource. Only bodies as dicts cross this boundary;
+transport failures and error statuses come out as `ApiError` (410 Gone as
+`Expired`), which the reflectors retry.
 """
 
 from __future__ import annotations
@@ -25,6 +27,19 @@ from .. import __version__
 from .kube_watch import ApiError, Collection, Expired
 
 log = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+# One object read or written: generous for an API server under load, short of hanging.
+_OBJECT_TIMEOUT = aiohttp.ClientTimeout(total=30)
+
+
+def object_path(
+    api_version: str, plural: str, namespace: str, name: str, subresource: str = ""
+) -> str:
+    """The path of one namespaced object (`subresource`: e.g. "status")."""
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    tail = f"/{subresource}" if subresource else ""
+    return f"{base}/namespaces/{namespace}/{plural}/{name}{tail}"
 
 
 class ClusterConfigError(RuntimeError):
@@ -110,29 +125,84 @@ class HttpApi:
             # Closing (not releasing) drops a stream we stop reading half-way.
             response.close()
 
+    # -- single objects (the status side) ----------------------------------------------
+
+    async def get(self, path: str) -> Mapping[str, Any]:
+        """One object; ApiError 404 when there is none."""
+        return await self._object("GET", path)
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """POST `body` to the collection at `path`; ApiError 409 when it already exists."""
+        return await self._object("POST", path, body)
+
+    async def replace(self, path: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """PUT `body`; with its metadata.resourceVersion, ApiError 409 when that is stale."""
+        return await self._object("PUT", path, body)
+
+    async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A JSON merge patch (RFC 7386): maps merge, lists and values replace, null removes."""
+        return await self._object("PATCH", path, patch, content_type=MERGE_PATCH)
+
+    async def _object(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        content_type: str = "application/json",
+    ) -> Mapping[str, Any]:
+        response = await self._send(
+            method, path, [], _OBJECT_TIMEOUT, body=body, content_type=content_type
+        )
+        try:
+            return _json_object(await _read(response), f"{method} {path} response")
+        finally:
+            response.release()
+
     async def _get(
         self, path: str, query: list[tuple[str, str]], timeout: aiohttp.ClientTimeout
     ) -> aiohttp.ClientResponse:
+        return await self._send("GET", path, query, timeout)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]],
+        timeout: aiohttp.ClientTimeout,
+        *,
+        body: Mapping[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> aiohttp.ClientResponse:
+        """The response of a request answered 2xx (the caller releases it), else ApiError."""
+        header_params = {"Accept": "application/json"}
+        if body is not None:
+            header_params["Content-Type"] = content_type
         try:
             # This refreshes the credentials when they are due: it reads the rotated
             # service-account token, or runs a kubeconfig's exec plugin.
             method, url, headers, _, _ = await self._client.param_serialize(
-                "GET",
+                method,
                 path,
                 query_params=query,
-                header_params={"Accept": "application/json"},
+                header_params=header_params,
                 auth_settings=["BearerToken"],
             )
         except (ConfigException, OSError) as e:
             raise ApiError(0, f"cannot get credentials: {e}") from e
         try:
+            # The client's REST layer JSON-encodes `body` for any JSON content type.
             rest = await self._client.call_api(
-                method, url, header_params=headers, _request_timeout=timeout
+                method,
+                url,
+                header_params=headers,
+                body=dict(body) if body is not None else None,
+                _request_timeout=timeout,
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise ApiError(0, f"cannot reach the API server: {e or type(e).__name__}") from e
         response: aiohttp.ClientResponse = rest.response
-        if response.status != 200:
+        if not 200 <= response.status < 300:
             try:
                 body = await response.read()
             except (aiohttp.ClientError, TimeoutError):
@@ -147,7 +217,7 @@ async def _read(response: aiohttp.ClientResponse) -> bytes:
     try:
         return await response.read()
     except (aiohttp.ClientError, TimeoutError) as e:
-        raise ApiError(0, f"list response cut short: {e or type(e).__name__}") from e
+        raise ApiError(0, f"response cut short: {e or type(e).__name__}") from e
 
 
 async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

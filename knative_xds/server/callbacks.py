@@ -1,0 +1,139 @@
+"""The one seam through which anything outside the protocol watches ADS streams.
+
+Like go-control-plane's `Callbacks`: the stream loop calls these at fixed points
+and knows nothing of who listens (the NACK log below, status readiness,
+metrics). Every call is synchronous and runs on the stream's task, so an
+observer must be quick and must not await; the `StreamStatus` it is handed is
+live (it keeps changing after the call), so an observer copies what it keeps.
+
+An observer that raises is logged and skipped: a bug in a status view must not
+cut a gateway off its configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
+
+from .subscription import Decision, Nack
+
+if TYPE_CHECKING:
+    from .stream import StreamStatus
+
+log = logging.getLogger(__name__)
+
+
+class StreamCallbacks(Protocol):
+    def on_stream_open(self, status: StreamStatus) -> None:
+        """A stream was accepted (its node is not known yet: no request was read)."""
+
+    def on_stream_close(self, status: StreamStatus) -> None:
+        """The stream ended, whatever the cause; it is no longer in the server's streams."""
+
+    def on_request(
+        self, status: StreamStatus, type_url: str, decision: Decision, nack: Nack | None
+    ) -> None:
+        """A request was applied: `status.subs[type_url]` (its `acked` map included) is
+        current. `nack` is set when this request rejected a response we had in flight."""
+
+    def on_response(
+        self,
+        status: StreamStatus,
+        type_url: str,
+        version: str,
+        resource_count: int,
+        byte_count: int,
+    ) -> None:
+        """A response was handed to the transport."""
+
+
+class Callbacks:
+    """Does nothing at every point: observers subclass it and override what they watch."""
+
+    def on_stream_open(self, status: StreamStatus) -> None:
+        pass
+
+    def on_stream_close(self, status: StreamStatus) -> None:
+        pass
+
+    def on_request(
+        self, status: StreamStatus, type_url: str, decision: Decision, nack: Nack | None
+    ) -> None:
+        pass
+
+    def on_response(
+        self,
+        status: StreamStatus,
+        type_url: str,
+        version: str,
+        resource_count: int,
+        byte_count: int,
+    ) -> None:
+        pass
+
+
+class Fanout(Callbacks):
+    """Calls every registered observer in turn; observers can come and go while streams run."""
+
+    def __init__(self, observers: Iterable[StreamCallbacks] = ()) -> None:
+        self._observers: tuple[StreamCallbacks, ...] = tuple(observers)
+
+    def add(self, observer: StreamCallbacks) -> None:
+        self._observers = (*self._observers, observer)
+
+    def remove(self, observer: StreamCallbacks) -> None:
+        self._observers = tuple(o for o in self._observers if o is not observer)
+
+    def on_stream_open(self, status: StreamStatus) -> None:
+        for o in self._observers:
+            try:
+                o.on_stream_open(status)
+            except Exception:
+                log.exception("stream observer %r failed on open", o)
+
+    def on_stream_close(self, status: StreamStatus) -> None:
+        for o in self._observers:
+            try:
+                o.on_stream_close(status)
+            except Exception:
+                log.exception("stream observer %r failed on close", o)
+
+    def on_request(
+        self, status: StreamStatus, type_url: str, decision: Decision, nack: Nack | None
+    ) -> None:
+        for o in self._observers:
+            try:
+                o.on_request(status, type_url, decision, nack)
+            except Exception:
+                log.exception("stream observer %r failed on a request", o)
+
+    def on_response(
+        self,
+        status: StreamStatus,
+        type_url: str,
+        version: str,
+        resource_count: int,
+        byte_count: int,
+    ) -> None:
+        for o in self._observers:
+            try:
+                o.on_response(status, type_url, version, resource_count, byte_count)
+            except Exception:
+                log.exception("stream observer %r failed on a response", o)
+
+
+NO_CALLBACKS = Callbacks()
+
+
+class NackLog(Callbacks):
+    """The last rejection per (node id, type URL): what an operator asks first."""
+
+    def __init__(self) -> None:
+        self.nacks: dict[tuple[str, str], Nack] = {}
+
+    def on_request(
+        self, status: StreamStatus, type_url: str, decision: Decision, nack: Nack | None
+    ) -> None:
+        if nack is not None:
+            self.nacks[(status.node_id, type_url)] = nack
