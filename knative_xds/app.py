@@ -26,7 +26,7 @@ from .sources.base import Changes, Source
 from .translate import GatewayConfig, Translator
 
 if TYPE_CHECKING:
-    from .status.reporter import StatusReporter
+    from .status.reporter import KubeApi, ReporterSettings, StatusReporter
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,25 @@ class ControlPlane:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.pipeline.run(), name="pipeline")
             tasks.create_task(source.run(self, ready or asyncio.Event()), name="source")
+            if self.reporter is not None:
+                tasks.create_task(self.reporter.run(), name="kingress status")
+
+    def report_status(self, api: KubeApi, settings: ReporterSettings | None = None) -> None:
+        """Write the status of the KIngresses served (serve --kubernetes) through `api`,
+        from the next `run` on: Ready once every connected gateway has accepted them."""
+        from .status.reporter import ReporterSettings, StatusReporter
+        from .status.writer import WriterSettings
+
+        writer = WriterSettings(ingress_class=self.settings.ingress_class)
+        self.reporter = StatusReporter(
+            ads=self.ads,
+            cache=self.cache,
+            translator=self.translator,
+            state=lambda: self.resolver.state,
+            problems=self.problems,
+            api=api,
+            settings=settings or ReporterSettings(writer=writer),
+        )
 
     async def start_xds(self, address: str) -> int:
         """Listen for Envoys; a stream is sent nothing until the first state is loaded."""

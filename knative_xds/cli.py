@@ -436,40 +436,27 @@ async def _serve_kubernetes(plane: ControlPlane, args: argparse.Namespace) -> in
                 input=args.kubernetes_input,
                 follow_public_endpoints=plane.settings.follow_public_endpoints,
             )
-            if args.kubernetes_input != "ingress":
-                await _listen_and_run(plane, source, args)
-                return 0
-            async with asyncio.TaskGroup() as tasks:
-                reporter = plane.reporter = _status_reporter(plane, api, args)
-                tasks.create_task(reporter.run(), name="kingress status")
-                await _listen_and_run(plane, source, args)
+            if args.kubernetes_input == "ingress":
+                plane.report_status(api, _status_settings(plane, args))
+            await _listen_and_run(plane, source, args)
     except ClusterConfigError as e:
         log.error("%s", e)
         return EXIT_CANNOT_RUN
     return 0
 
 
-def _status_reporter(plane: ControlPlane, api: object, args: argparse.Namespace):
+def _status_settings(plane: ControlPlane, args: argparse.Namespace):
     from .status.conditions import LoadBalancers
     from .status.lease import LeaseSettings
-    from .status.reporter import ReporterSettings, StatusReporter
+    from .status.reporter import ReporterSettings
     from .status.writer import WriterSettings
 
-    settings = ReporterSettings(
+    return ReporterSettings(
         lease=LeaseSettings(namespace=args.lease_namespace),
         writer=WriterSettings(
             ingress_class=plane.settings.ingress_class,
             balancers=LoadBalancers(public=args.public_gateway, private=args.private_gateway),
         ),
-    )
-    return StatusReporter(
-        ads=plane.ads,
-        cache=plane.cache,
-        translator=plane.translator,
-        state=lambda: plane.resolver.state,
-        problems=plane.problems,
-        api=api,  # type: ignore[arg-type]
-        settings=settings,
     )
 
 
