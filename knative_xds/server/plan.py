@@ -90,6 +90,7 @@ def _evaluator(type_url: str, ctx: _Context) -> Evaluate:
     items, sent, wildcard, names = ctx.snapshot.of(type_url), sub.sent, sub.wildcard, sub.names
     keeps_removed = type_url in (CLUSTER, ENDPOINT)
     gates_tables = type_url == ROUTE and not ctx.holds_every_cluster()
+    clusters = ctx.snapshot.of(CLUSTER)
 
     def evaluate(name: str) -> Resource | None:
         current = items.get(name) if wildcard or name in names else None
@@ -98,7 +99,7 @@ def _evaluator(type_url: str, ctx: _Context) -> Evaluate:
                 ctx.waiting.add(name)
                 return sent.get(name)
             return None
-        if gates_tables and not _ready(current, ctx.subs):
+        if gates_tables and not _ready(current, ctx.subs, clusters):
             before = sent.get(name)
             if before is None or before.version != current.version:
                 ctx.waiting.add(name)  # hold back until the clusters it names are in place
@@ -108,7 +109,7 @@ def _evaluator(type_url: str, ctx: _Context) -> Evaluate:
     return evaluate
 
 
-def _ready(table: Resource, subs: Subscriptions) -> bool:
+def _ready(table: Resource, subs: Subscriptions, clusters: Mapping[str, Resource]) -> bool:
     """Does the client hold every cluster (and its endpoints) this table names?"""
     cds, eds = subs.get(CLUSTER), subs.get(ENDPOINT)
     # Only a wildcard CDS client gets clusters without asking; a client that asks
@@ -117,8 +118,12 @@ def _ready(table: Resource, subs: Subscriptions) -> bool:
     for cluster in table.refs:
         if pushed is not None and cluster not in pushed.acked:
             return False
-        # Our clusters are all EDS clusters, so a client that is pushed clusters and
-        # uses EDS will ask for these endpoints, perhaps only after it ACKed the cluster.
+        # An EDS cluster names its endpoints (a DNS one, for an ExternalName Service,
+        # names none): a client that is pushed clusters and uses EDS will ask for them,
+        # perhaps only after it ACKed the cluster.
+        held = clusters.get(cluster)
+        if held is not None and not held.refs:
+            continue
         asks = pushed is not None or (eds is not None and eds.covers(cluster))
         if eds is not None and asks and cluster not in eds.acked:
             return False
