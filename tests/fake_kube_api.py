@@ -450,7 +450,7 @@ def _status(code: int, reason: str, message: str) -> dict[str, Any]:
 
 
 def _selector(namespace: str | None, query: Mapping[str, str]) -> Callable[[Mapping], bool]:
-    """Namespace, label selector (`k`, `!k`, `k=v`, `k==v`, `k!=v`) and field selector on name."""
+    """Namespace, label selector (`k`, `!k`, `k=v`, `k==v`, `k!=v`) and field selector."""
     labels = [t for t in (query.get("labelSelector") or "").split(",") if t]
     fields = [t for t in (query.get("fieldSelector") or "").split(",") if t]
 
@@ -471,8 +471,13 @@ def _selector(namespace: str | None, query: Mapping[str, str]) -> Callable[[Mapp
             if not ok:
                 return False
         for term in fields:
+            # A dotted path into the object (`metadata.name`, a Secret's `type`), as the
+            # API server's field selectors for these kinds are.
             path, value = term.split("=")
-            if str(meta.get(path.removeprefix("metadata."))) != value:
+            found: Any = obj
+            for part in path.split("."):
+                found = found.get(part) if isinstance(found, Mapping) else None
+            if str(found) != value:
                 return False
         return True
 
