@@ -2,8 +2,10 @@
 #
 #   docker build -t knative-xds:dev .
 #
-# deploy/ runs it as `knative-xds serve --kubernetes --xds-port 18000 --health-port 8090`.
-# The gateway is a stock Envoy image; this one holds no Envoy binary.
+# deploy/control-plane.yaml runs it as `knative-xds serve --kubernetes` (KIngresses of
+# our class, their status written) with its ports and gateway names spelled out; the
+# default command below is the same with the flags' defaults. The gateway is a stock
+# Envoy image; this one holds no Envoy binary.
 
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -26,4 +28,4 @@ ENV PYTHONUNBUFFERED=1 \
 USER 10001:10001
 EXPOSE 18000 8090
 ENTRYPOINT ["knative-xds"]
-CMD ["serve", "--kubernetes", "--xds-port", "18000", "--health-port", "8090"]
+CMD ["serve", "--kubernetes", "--kubernetes-input", "ingress", "--xds-port", "18000", "--health-port", "8090"]

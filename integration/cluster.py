@@ -23,6 +23,12 @@ from typing import Any, TypeVar
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
+# Where deploy/ puts the gateway, and what KIngress status says of it
+# (deploy/control-plane.yaml's --public-gateway and --private-gateway).
+GATEWAY_NAMESPACE = "knative-xds"
+PUBLIC_GATEWAY = f"knative-xds-gateway.{GATEWAY_NAMESPACE}.svc.cluster.local"
+PRIVATE_GATEWAY = f"knative-local-gateway.{GATEWAY_NAMESPACE}.svc.cluster.local"
+
 
 class CommandFailed(RuntimeError):
     pass
@@ -57,7 +63,12 @@ def missing_tools() -> str | None:
     for tool in ("docker", "kind", "kubectl"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
-    probe = subprocess.run(["docker", "info"], capture_output=True, text=True, check=False)
+    try:
+        probe = subprocess.run(
+            ["docker", "info"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return "docker has no engine answering (`docker info` took over 30 s)"
     if probe.returncode != 0:
         return "docker has no running engine (`docker info` failed)"
     return None
@@ -110,11 +121,46 @@ class Kubectl:
         ]
 
     def wait(self, *what: str, condition: str, namespace: str, timeout: int = 600) -> None:
-        """`kubectl wait` for `condition=<condition>` on `what` (e.g. "revision/hello-one")."""
+        """`kubectl wait` for `condition=<condition>` on `what` (e.g. "ksvc/hello")."""
         self(
             "wait", *what, "-n", namespace, f"--for=condition={condition}", f"--timeout={timeout}s",
             timeout=timeout + 30,
         )  # fmt: skip
+
+    def wait_ready(self, kind: str, name: str, namespace: str, *, timeout: int = 600) -> None:
+        """Wait, as a user does, for a Knative object to be Ready, once its controller has
+        seen its latest edit: before that, `kubectl wait` would read the Ready of the
+        generation before."""
+
+        def observed() -> bool:
+            obj = self.get(kind, name, namespace)
+            generation = obj["metadata"].get("generation")
+            return (obj.get("status") or {}).get("observedGeneration") == generation
+
+        eventually(observed, timeout=120, what=f"{kind}/{name}'s controller to see its edit")
+        self.wait(f"{kind}/{name}", condition="Ready", namespace=namespace, timeout=timeout)
+
+    def run_pod(
+        self, name: str, namespace: str, *, image: str, command: Sequence[str], timeout: int = 300
+    ) -> str:
+        """Run `command` in a pod of its own to the end; its output (CommandFailed if it
+        failed). From inside the cluster, as another workload would call a Service."""
+        self("delete", "pod", name, "-n", namespace, "--ignore-not-found", "--wait=true")
+        self("run", name, "-n", namespace, f"--image={image}", "--restart=Never",
+             "--command", "--", *command)  # fmt: skip
+
+        def finished() -> str | None:
+            phase = (self.get("pod", name, namespace).get("status") or {}).get("phase")
+            return phase if phase in ("Succeeded", "Failed") else None
+
+        try:
+            phase = eventually(finished, timeout=timeout, every=2, what=f"pod {name} to finish")
+            output = self("logs", name, "-n", namespace)
+        finally:
+            self("delete", "pod", name, "-n", namespace, "--ignore-not-found", "--wait=false")
+        if phase != "Succeeded":
+            raise CommandFailed(f"pod {name} ({' '.join(command)}) {phase}:\n{output}")
+        return output
 
 
 def free_port() -> int:

@@ -1,9 +1,11 @@
-"""What a Knative user sees through the gateway Envoy that knative-xds configures.
+"""What a Knative user sees with knative-xds as Knative's networking layer.
 
-Each test creates Knative Services the ordinary way and only ever talks HTTP
-to the gateway; knative-xds reads the Routes, Revisions and EndpointSlices
-that Knative makes of them. Knative's own Route status is not waited on:
-nothing in this install reconciles its KIngress (see README.md).
+Each test creates Knative objects the ordinary way and waits for them as a
+user does (`kubectl wait ksvc/NAME --for=condition=Ready`): Knative's Route is
+Ready only once its KIngress is, and only knative-xds writes the status of a
+KIngress of its class, once every gateway serves it. Then the test talks HTTP
+to the gateway (through `kubectl port-forward`), or, for cluster-local names,
+from a pod in the cluster.
 """
 
 from __future__ import annotations
@@ -16,12 +18,22 @@ from typing import Any
 
 import pytest
 
-from integration.cluster import Gateway, Kubectl, Response, eventually
+from integration.cluster import (
+    PRIVATE_GATEWAY,
+    PUBLIC_GATEWAY,
+    Gateway,
+    Kubectl,
+    Response,
+    eventually,
+)
+from knative_xds.model.kinds import DEFAULT_INGRESS_CLASS, INGRESS_CLASS_ANNOTATION
 
 # Building the cluster (kind, an image, Knative) comes first and takes minutes.
 pytestmark = pytest.mark.timeout(1800)
 
 IMAGE = "ghcr.io/knative/helloworld-go:latest"
+CURL = "curlimages/curl:latest"
+KINGRESS = "ingresses.networking.internal.knative.dev"
 KEEP_ONE_POD = {"autoscaling.knative.dev/min-scale": "1"}
 
 
@@ -54,21 +66,23 @@ def host(name: str, namespace: str, tag: str | None = None) -> str:
 
 
 def roll_out(kubectl: Kubectl, service: dict[str, Any]) -> None:
+    """Apply a Knative Service and wait until it is Ready: its latest revision ready and
+    its Route's KIngress (ours) Ready, which knative-xds says once every gateway serves it."""
     kubectl.apply(service)
-    revision = service["spec"]["template"]["metadata"]["name"]
-    kubectl.wait(
-        f"revision/{revision}", condition="Ready", namespace=service["metadata"]["namespace"]
-    )
+    kubectl.wait_ready("ksvc", service["metadata"]["name"], service["metadata"]["namespace"])
 
 
 def answer(gateway: Gateway, name: str, namespace: str, tag: str | None = None) -> str:
-    """The body of the first 200 from a host, once knative-xds serves it."""
+    """The body of the first 200 from a Route's host, once knative-xds serves it."""
+    return first_200(gateway, host(name, namespace, tag), timeout=120)
 
+
+def first_200(gateway: Gateway, hostname: str, *, timeout: float) -> str:
     def ok() -> str | None:
-        response = gateway.get(host(name, namespace, tag))
+        response = gateway.get(hostname)
         return response.body.strip() if response.status == 200 else None
 
-    return eventually(ok, timeout=120, what=f"200 from {host(name, namespace, tag)}")
+    return eventually(ok, timeout=timeout, what=f"200 from {hostname}")
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +100,73 @@ def split(deployed: Kubectl, gateway: Gateway, namespace: str) -> str:
 
 def test_a_route_answers_through_the_gateway(gateway: Gateway, split: str, namespace: str) -> None:
     assert answer(gateway, split, namespace) in {"Hello one!", "Hello two!"}
+
+
+def test_a_service_answers_on_the_first_request_once_it_is_ready(
+    deployed: Kubectl, gateway: Gateway, namespace: str
+) -> None:
+    roll_out(deployed, a_service("ready", namespace, revision="first"))
+    # No retry: Ready is knative-xds's word that every gateway already serves the route.
+    response = gateway.get(host("ready", namespace))
+    assert (response.status, response.body.strip()) == (200, "Hello first!")
+    kingress = deployed.get(KINGRESS, "ready", namespace)
+    assert kingress["metadata"]["annotations"][INGRESS_CLASS_ANNOTATION] == DEFAULT_INGRESS_CLASS
+    status = kingress["status"]
+    assert status["observedGeneration"] == kingress["metadata"]["generation"]
+    assert status["publicLoadBalancer"]["ingress"][0]["domainInternal"] == PUBLIC_GATEWAY
+    assert status["privateLoadBalancer"]["ingress"][0]["domainInternal"] == PRIVATE_GATEWAY
+
+
+def test_a_cluster_local_call_reaches_the_service_through_knatives_placeholder(
+    deployed: Kubectl, split: str, namespace: str
+) -> None:
+    # Knative points the Route's cluster-local name, an ExternalName Service, at the
+    # private load balancer our status names: the cluster-local gateway.
+    def placeholder() -> bool:
+        spec = deployed.get("service", split, namespace)["spec"]
+        return (spec["type"], spec.get("externalName")) == ("ExternalName", PRIVATE_GATEWAY)
+
+    eventually(placeholder, timeout=30, what=f"Service {split} pointing at {PRIVATE_GATEWAY}")
+    url = f"http://{split}.{namespace}.svc.cluster.local/"
+    # Retries cover only the new pod's first DNS lookups: the Service is Ready already.
+    curl = ["curl", "-sS", "--fail", "--max-time", "10",
+            "--retry", "10", "--retry-delay", "2", "--retry-all-errors", url]  # fmt: skip
+    body = deployed.run_pod("curl-cluster-local", namespace, image=CURL, command=curl)
+    assert body.strip() in {"Hello one!", "Hello two!"}
+
+
+def test_a_domain_mapping_answers_at_its_host(
+    deployed: Kubectl, gateway: Gateway, namespace: str
+) -> None:
+    roll_out(deployed, a_service("mapped", namespace, revision="target"))
+    domain = "app.example.org"
+    # Knative maps a domain only for the namespace that claims it (config-network's
+    # autocreate-cluster-domain-claims is off by default).
+    claim = {
+        "apiVersion": "networking.internal.knative.dev/v1alpha1",
+        "kind": "ClusterDomainClaim",
+        "metadata": {"name": domain},
+        "spec": {"namespace": namespace},
+    }
+    mapping = {
+        "apiVersion": "serving.knative.dev/v1beta1",
+        "kind": "DomainMapping",
+        "metadata": {"name": domain, "namespace": namespace},
+        "spec": {
+            "ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "mapped"}
+        },
+    }
+    deployed.apply(claim)
+    deployed.apply(mapping)
+    try:
+        # Its KIngress sends the domain to the cluster-local gateway, through an
+        # ExternalName Service, with the host rewritten to mapped.<ns>.svc.cluster.local.
+        deployed.wait_ready("domainmapping", domain, namespace)
+        # A retry only for Envoy's first DNS lookup of that ExternalName's target.
+        assert first_200(gateway, domain, timeout=60) == "Hello target!"
+    finally:
+        deployed("delete", "domainmapping", domain, "-n", namespace, "--ignore-not-found")
+        deployed("delete", "clusterdomainclaim", domain, "--ignore-not-found")
 
 
 def test_traffic_is_split_by_percent(gateway: Gateway, split: str, namespace: str) -> None:

@@ -1,11 +1,17 @@
-"""deploy/ agrees with the code: the CLI flags, the Envoy bootstrap, the ports, and RBAC.
+"""deploy/ agrees with the code: the CLI flags, the Envoy bootstrap, the ports, RBAC, and
+the ingress class Knative is told to use.
 
 These run without a cluster. What only a cluster can show (the pods start, the
-probes pass, traffic flows) is in integration/.
+probes pass, Knative Services turn Ready, traffic flows) is in integration/.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,14 +22,20 @@ import yaml
 
 from knative_xds.cli import build_parser
 from knative_xds.envoy import bootstrap, find_envoy
-from knative_xds.sources.kube import collections
-from knative_xds.translate import GatewayConfig
+from knative_xds.model.kinds import DEFAULT_INGRESS_CLASS, KNATIVE_NAMESPACE
+from knative_xds.sources.kube import Input, collections
+from knative_xds.status.lease import COORDINATION, LeaseApi, LeaseSettings
+from knative_xds.status.writer import INGRESSES, StatusApi
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+KNATIVE = DEPLOY / "knative"
+
+Grant = tuple[str | None, str, str, str | None, str]  # namespace, group, resource, name, verb
 
 
-def _documents() -> Iterator[dict[str, Any]]:
-    for path in sorted(DEPLOY.glob("*.yaml")):
+def _documents(folder: Path = DEPLOY) -> Iterator[dict[str, Any]]:
+    for path in sorted(folder.glob("*.yaml")):
         if path.name != "kustomization.yaml":
             yield from (doc for doc in yaml.safe_load_all(path.read_text()) if doc)
 
@@ -42,15 +54,37 @@ def _port(container: dict[str, Any], name: str) -> int:
     return next(p["containerPort"] for p in container["ports"] if p["name"] == name)
 
 
+def _ports(service: str) -> dict[int, str]:
+    return {p["port"]: p["targetPort"] for p in _one("Service", service)["spec"]["ports"]}
+
+
+def _dns_name(kind: str, name: str) -> str:
+    meta = _one(kind, name)["metadata"]
+    return f"{meta['name']}.{meta['namespace']}.svc.cluster.local"
+
+
+def _control_plane_args(monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
+    """The control plane's args as the CLI parses them in its pod: with the environment
+    the Deployment gives it from the downward API."""
+    deployment = _one("Deployment", "knative-xds")
+    monkeypatch.setenv("POD_NAMESPACE", deployment["metadata"]["namespace"])
+    monkeypatch.setenv("POD_NAME", "knative-xds-0")
+    return build_parser().parse_args(_container("knative-xds")["args"])
+
+
 def test_the_kustomization_installs_every_manifest() -> None:
     kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
     files = {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
+    # Nothing of Knative's (deploy/knative patches Knative's own install): `kubectl
+    # apply -k deploy/` installs the control plane and the gateway alone.
     assert set(kustomization["resources"]) == files
 
 
-def test_the_control_plane_runs_the_cli_with_the_ports_its_probes_and_service_use() -> None:
+def test_the_control_plane_runs_the_cli_with_the_ports_its_probes_and_service_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     container = _container("knative-xds")
-    args = build_parser().parse_args(container["args"])
+    args = _control_plane_args(monkeypatch)
     assert args.command == "serve" and args.kubernetes
     assert _port(container, "grpc-xds") == args.xds_port
     assert _port(container, "http-health") == args.health_port
@@ -60,56 +94,240 @@ def test_the_control_plane_runs_the_cli_with_the_ports_its_probes_and_service_us
     assert service["spec"]["ports"][0]["targetPort"] == "grpc-xds"
 
 
+def test_the_control_plane_serves_our_kingresses_and_points_their_status_at_the_gateways(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    args = _control_plane_args(monkeypatch)
+    assert args.kubernetes_input == Input.INGRESS.value
+    assert args.ingress_class == DEFAULT_INGRESS_CLASS
+    assert args.public_gateway == _dns_name("Service", "knative-xds-gateway")
+    assert args.private_gateway == _dns_name("Service", "knative-local-gateway")
+
+
+def test_the_control_plane_names_its_lease_holder_and_namespace_from_the_downward_api(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = {e["name"]: e for e in _container("knative-xds")["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    # The Lease is looked for where its Role grants it.
+    assert _control_plane_args(monkeypatch).lease_namespace == _lease_namespace()
+
+
 def test_the_gateway_bootstrap_is_the_one_the_code_writes_for_the_control_plane_service() -> None:
     service = _one("Service", "knative-xds")
-    host = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
     config_map = _one("ConfigMap", "knative-xds-gateway-bootstrap")
     written = yaml.safe_load(config_map["data"]["envoy.yaml"])
     assert written == bootstrap(
-        xds_host=host,
+        xds_host=_dns_name("Service", "knative-xds"),
         xds_port=service["spec"]["ports"][0]["port"],
         node_id="knative-gateway",
         node_cluster="knative-gateway",
     )
 
 
-def test_the_gateway_services_reach_the_listeners_the_control_plane_serves() -> None:
-    gateway = GatewayConfig()
+def test_the_gateway_services_reach_the_listeners_the_control_plane_serves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    args = _control_plane_args(monkeypatch)
     container = _container("knative-xds-gateway")
-    assert _port(container, "http-external") == gateway.external_port
-    assert _port(container, "http-internal") == gateway.internal_port
-    external = _one("Service", "knative-xds-gateway")["spec"]["ports"][0]
-    internal = _one("Service", "knative-local-gateway")["spec"]["ports"][0]
-    assert (external["port"], external["targetPort"]) == (80, "http-external")
-    assert (internal["port"], internal["targetPort"]) == (80, "http-internal")
+    assert _port(container, "http-external") == args.external_port
+    assert _port(container, "http-internal") == args.internal_port
+    assert _port(container, "https-external") == args.external_tls_port
+    assert _ports("knative-xds-gateway") == {80: "http-external", 443: "https-external"}
+    assert _ports("knative-local-gateway") == {80: "http-internal"}
 
 
-def _grants() -> set[tuple[str | None, str, str, str | None]]:
-    """(namespace or None for cluster-wide, group, resource, name or None) for list+watch."""
-    grants = set()
-    for role in _documents():
-        if role["kind"] not in ("ClusterRole", "Role"):
-            continue
-        namespace = role["metadata"].get("namespace") if role["kind"] == "Role" else None
+# -- RBAC -------------------------------------------------------------------------------
+
+
+def _roles() -> Iterator[dict[str, Any]]:
+    return (d for d in _documents() if d["kind"] in ("ClusterRole", "Role"))
+
+
+def _grants() -> set[Grant]:
+    grants: set[Grant] = set()
+    for role in _roles():
+        namespace = role["metadata"]["namespace"] if role["kind"] == "Role" else None
         for rule in role["rules"]:
-            assert sorted(rule["verbs"]) == ["list", "watch"], "list and watch only"
+            assert "nonResourceURLs" not in rule
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
                     for name in rule.get("resourceNames") or [None]:
-                        grants.add((namespace, group, resource, name))
+                        for verb in rule["verbs"]:
+                            grants.add((namespace, group, resource, name, verb))
     return grants
 
 
-def test_rbac_grants_list_and_watch_on_exactly_what_the_source_reads() -> None:
-    needed = set()
-    for follow_public in (False, True):
-        for c in collections(follow_public_endpoints=follow_public):
-            group = c.api_version.rpartition("/")[0]
-            name = (c.field_selector or "").removeprefix("metadata.name=") or None
-            # Named ConfigMaps are granted where they live; the rest cluster-wide.
-            namespace = c.namespace if name else None
-            needed.add((namespace, group, c.plural, name))
-    assert _grants() == needed
+def _group(api_version: str) -> str:
+    return api_version.rpartition("/")[0]
+
+
+def _lease_namespace() -> str:
+    leases = {g[0] for g in _grants() if g[2] == "leases"}
+    assert len(leases) == 1, leases
+    return str(leases.pop())
+
+
+def _reads() -> set[Grant]:
+    """list and watch on every collection the source reads, for every way it can run."""
+    needed: set[Grant] = set()
+    for read in Input:
+        for follow_public in (False, True):
+            for c in collections(input=read, follow_public_endpoints=follow_public):
+                selector = c.field_selector or ""
+                name = (
+                    selector.removeprefix("metadata.name=")
+                    if "metadata.name=" in selector
+                    else None
+                )
+                # Named ConfigMaps are granted where they live; the rest cluster-wide.
+                namespace = c.namespace if name else None
+                for verb in ("list", "watch"):
+                    needed.add((namespace, _group(c.api_version), c.plural, name, verb))
+    return needed
+
+
+def _members(protocol: type) -> set[str]:
+    return {n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")}
+
+
+def _status_writes() -> set[Grant]:
+    """What the status writer and the lease elector call (kube_http.HttpApi), as RBAC verbs."""
+    # Each call of the API the status side is given, and the verb the API server checks.
+    # A new call in either protocol fails here until it is given a grant below.
+    assert _members(StatusApi) == {"list_page", "get", "merge_patch"}
+    assert _members(LeaseApi) == {"get", "create", "replace"}
+    ingresses = (None, _group(INGRESSES.api_version), INGRESSES.plural, None)
+    lease = LeaseSettings()
+    leases = (_lease_namespace(), _group(COORDINATION), "leases")
+    return {
+        (*ingresses, "list"),  # list_page: every KIngress once, when it starts writing
+        (*ingresses, "get"),  # get: one it has not seen, before writing it
+        (None, ingresses[1], f"{INGRESSES.plural}/status", None, "patch"),  # merge_patch
+        (*leases, lease.name, "get"),
+        (*leases, lease.name, "update"),  # replace: renew, take over, release
+        # create: the API server cannot check a name on create, so it is granted unnamed.
+        (*leases, None, "create"),
+    }
+
+
+def test_rbac_grants_exactly_what_the_source_reads_and_the_status_side_writes() -> None:
+    assert _grants() == _reads() | _status_writes()
+
+
+def test_rbac_lets_nothing_change_a_kingress_but_its_status() -> None:
+    on_ingresses = {g[4] for g in _grants() if g[2] == INGRESSES.plural}
+    assert on_ingresses == {"get", "list", "watch"}
+    assert {g[4] for g in _grants() if g[2] == f"{INGRESSES.plural}/status"} == {"patch"}
+
+
+def test_rbac_has_no_wildcards() -> None:
+    for grant in _grants():
+        assert "*" not in grant, grant
+
+
+def test_every_role_is_bound_to_the_control_planes_service_account() -> None:
+    pod = _one("Deployment", "knative-xds")["spec"]["template"]["spec"]
+    account = (
+        pod["serviceAccountName"],
+        _one("Deployment", "knative-xds")["metadata"]["namespace"],
+    )
+    _one("ServiceAccount", account[0])
+    bound = set()
+    for binding in _documents():
+        if binding["kind"] not in ("ClusterRoleBinding", "RoleBinding"):
+            continue
+        subjects = {(s["name"], s["namespace"]) for s in binding["subjects"]}
+        assert subjects == {account}, binding["metadata"]["name"]
+        ref = binding["roleRef"]
+        bound.add((ref["kind"], ref["name"], binding["metadata"].get("namespace")))
+    roles = {(r["kind"], r["metadata"]["name"], r["metadata"].get("namespace")) for r in _roles()}
+    assert bound == roles
+
+
+# -- Knative's ingress class --------------------------------------------------------------
+
+
+def test_the_knative_component_sets_only_our_ingress_class_in_config_network() -> None:
+    component = yaml.safe_load((KNATIVE / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component"
+    assert [p["path"] for p in component["patches"]] == ["config-network.yaml"]
+    (patch,) = _documents(KNATIVE)
+    assert (patch["kind"], patch["metadata"]) == (
+        "ConfigMap",
+        {"name": "config-network", "namespace": KNATIVE_NAMESPACE},
+    )
+    assert patch["data"] == {"ingress-class": DEFAULT_INGRESS_CLASS}
+
+
+@pytest.mark.parametrize("doc", ["knative/kustomization.yaml", "README.md"])
+def test_the_documented_kubectl_patch_names_our_ingress_class(doc: str) -> None:
+    text = (DEPLOY / doc).read_text()
+    commands = re.findall(r"kubectl patch configmap/config-network .*", text)
+    assert commands, f"{doc} shows no `kubectl patch configmap/config-network`"
+    for command in commands:
+        assert "-n knative-serving --type merge" in command
+        patch = json.loads(re.search(r"-p '([^']*)'", command).group(1))  # type: ignore[union-attr]
+        assert patch == {"data": {"ingress-class": DEFAULT_INGRESS_CLASS}}
+
+
+KUBECTL = shutil.which("kubectl")
+
+
+def _kustomize(folder: Path) -> list[dict[str, Any]]:
+    assert KUBECTL is not None
+    done = subprocess.run(
+        [KUBECTL, "kustomize", str(folder)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="no kubectl (its kustomize builds the manifests)")
+def test_the_component_adds_the_class_to_knatives_config_network_and_keeps_its_keys(
+    tmp_path: Path,
+) -> None:
+    knative = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "config-network", "namespace": KNATIVE_NAMESPACE},
+        "data": {"_example": "# Knative's documentation\n", "auto-tls": "Disabled"},
+    }
+    other = {**knative, "metadata": {"name": "config-domain", "namespace": KNATIVE_NAMESPACE}}
+    (tmp_path / "serving.yaml").write_text(yaml.safe_dump_all([knative, other]))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": ["serving.yaml"],
+                "components": [os.path.relpath(KNATIVE, tmp_path)],
+            }
+        )
+    )
+    built = {d["metadata"]["name"]: d["data"] for d in _kustomize(tmp_path)}
+    assert built == {
+        "config-network": {**knative["data"], "ingress-class": DEFAULT_INGRESS_CLASS},
+        "config-domain": other["data"],
+    }
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="no kubectl (its kustomize builds the manifests)")
+def test_kubectl_kustomize_deploy_builds_exactly_the_manifests_written() -> None:
+    def key(d: dict[str, Any]) -> tuple[str, str, str]:
+        return (d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"])
+
+    assert sorted(map(key, _kustomize(DEPLOY))) == sorted(map(key, _documents()))
+
+
+# -- the images ---------------------------------------------------------------------------
+
+
+def test_the_images_default_command_is_a_valid_serve_command() -> None:
+    cmd = re.search(r"^CMD (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert cmd is not None
+    args = build_parser().parse_args(json.loads(cmd.group(1)))
+    assert args.command == "serve" and args.kubernetes
+    assert args.kubernetes_input == Input.INGRESS.value
 
 
 @pytest.mark.skipif(
