@@ -229,7 +229,7 @@ _CLASS = {INGRESS_CLASS_ANNOTATION: DEFAULT_INGRESS_CLASS}
             id="service-external-name",
         ),
         pytest.param(
-            _noisy(_secret(), {}),
+            _noisy({**_secret(), "data": {**_secret()["data"], "ca.crt": _PEM.decode()}}, {}),
             {
                 "apiVersion": "v1",
                 "kind": "Secret",
@@ -237,7 +237,7 @@ _CLASS = {INGRESS_CLASS_ANNOTATION: DEFAULT_INGRESS_CLASS}
                 "type": "kubernetes.io/tls",
                 "data": _secret()["data"],
             },
-            id="tls-secret",
+            id="tls-secret-keeps-only-its-certificate-and-key",
         ),
     ],
 )

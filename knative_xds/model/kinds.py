@@ -91,7 +91,7 @@ KEEP: Mapping[str, tuple[str, ...]] = {
     CONFIG_MAP: ("data",),
     INGRESS: ("spec", "metadata.generation"),
     SERVICE: ("spec.type", "spec.externalName", "spec.ports"),
-    SECRET: ("type", "data"),
+    SECRET: ("type",),
 }
 # Metadata every kind keeps.
 KEEP_METADATA = ("apiVersion", "kind", "metadata.name", "metadata.namespace", "metadata.labels")
@@ -100,3 +100,6 @@ KEEP_ANNOTATIONS: Mapping[str, tuple[str, ...]] = {
     REVISION: (BURST_CAPACITY_ANNOTATION,),
     INGRESS: (INGRESS_CLASS_ANNOTATION,),
 }
+# Keys of `data` kept per kind (dotted too): of a TLS Secret, its certificate and key
+# only, never a `ca.crt` or anything else it holds.
+KEEP_DATA: Mapping[str, tuple[str, ...]] = {SECRET: ("tls.crt", "tls.key")}

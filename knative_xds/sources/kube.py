@@ -68,6 +68,7 @@ from ..model.kinds import (
     INGRESS,
     KEEP,
     KEEP_ANNOTATIONS,
+    KEEP_DATA,
     KEEP_METADATA,
     KINDS,
     KNATIVE_NAMESPACE,
@@ -174,8 +175,9 @@ def _tree(kind: str) -> _Tree:
     paths = [
         tuple(p.replace("[]", ".[]").split(".")) for p in (*KEEP_METADATA, *KEEP.get(kind, ()))
     ]
-    # Annotation keys hold dots, so they are added whole.
+    # Annotation and data keys hold dots, so they are added whole.
     paths += [("metadata", "annotations", key) for key in KEEP_ANNOTATIONS.get(kind, ())]
+    paths += [("data", key) for key in KEEP_DATA.get(kind, ())]
     root: _Tree = {}
     for path in paths:
         node = root
