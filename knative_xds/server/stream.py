@@ -202,8 +202,12 @@ class Stream:
                 )
                 after_send(out, self.subs)
                 data = self._encode(out, nonce, snapshot)
+                size = len(data)
                 try:
+                    # Handed over, not kept: a full response of 10,000 route tables is
+                    # megabytes, and a hundred idle streams would each hold their last.
                     await send(data)
+                    del data
                 except Exception as e:
                     # The transport is gone (the client died or reset): there is no one left
                     # to send to, so the stream ends here rather than as a server error.
@@ -211,7 +215,7 @@ class Stream:
                     self._closed = True
                     return
                 self._callbacks.on_response(
-                    self.status, type_url, out.version, len(out.resources), len(data)
+                    self.status, type_url, out.version, len(out.resources), size
                 )
 
     def _plan(self, type_url: str, snapshot: Snapshot) -> Outgoing | None:
