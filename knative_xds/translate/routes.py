@@ -103,16 +103,25 @@ def virtual_host(
     *,
     redirect: bool = False,
     skip: frozenset[str] = frozenset(),
+    built: dict[tuple[int, bool], rc.Route] | None = None,
 ) -> rc.VirtualHost | None:
+    """`built` holds the routes made so far for this Ingress: a Route's public and
+    cluster-local rules share their paths, so each is made once."""
     hosts = [h for h in rule.hosts if h not in skip]
     if not hosts:
         return None
+    routes = []
+    for path in rule.paths:
+        made = built.get((id(path), redirect)) if built is not None else None
+        if made is None:
+            made = _route(path, timeouts, redirect)
+            if built is not None:
+                built[(id(path), redirect)] = made
+        routes.append(made)
     # Knative asks every host to answer with any port too (`host:*`).
     domains = [d for h in hosts for d in (h, f"{h}:*")]
     return rc.VirtualHost(
-        name=virtual_host_name(ingress.key, hosts[0]),
-        domains=domains,
-        routes=[_route(p, timeouts, redirect) for p in rule.paths],
+        name=virtual_host_name(ingress.key, hosts[0]), domains=domains, routes=routes
     )
 
 
@@ -131,6 +140,7 @@ def route_tables(ingress: Ingress) -> tuple[Resource, ...]:
     # A public rule's virtual host is the same on every listener that serves it as is:
     # built once per rule (a Route's edit builds its public hosts once, not twice).
     built: dict[int, rc.VirtualHost | None] = {}
+    routes: dict[tuple[int, bool], rc.Route] = {}
     tables = []
     for listener in Listener:
         rules = listener_rules(ingress, listener)
@@ -142,7 +152,9 @@ def route_tables(ingress: Ingress) -> tuple[Resource, ...]:
             if plain and id(rule) in built:
                 vhost = built[id(rule)]
             else:
-                vhost = virtual_host(ingress, rule, timeouts, redirect=redirect, skip=skip)
+                vhost = virtual_host(
+                    ingress, rule, timeouts, redirect=redirect, skip=skip, built=routes
+                )
                 if plain:
                     built[id(rule)] = vhost
             if vhost is not None:
