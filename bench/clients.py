@@ -88,7 +88,9 @@ def envoy_names(routes: int) -> dict[str, list[str]]:
     """
     keys = [ObjectKey("default", route_name(i)) for i in range(routes)]
     return {
-        ROUTE: [route_table_name(v, k) for k in keys for v in (Listener.EXTERNAL, Listener.INTERNAL)],
+        ROUTE: [
+            route_table_name(v, k) for k in keys for v in (Listener.EXTERNAL, Listener.INTERNAL)
+        ],
         ENDPOINT: [
             revision_cluster(ObjectKey(k.namespace, f"{k.name}-{n}"))
             for k in keys
