@@ -36,7 +36,7 @@ from pathlib import Path
 from kubernetes.aio.client import ApiClient, Configuration
 
 from knative_xds.app import ControlPlane, Settings
-from knative_xds.envoy import bootstrap_yaml, start_envoy, wait_ready
+from knative_xds.envoy import bootstrap_yaml, start_envoy, stop_process, wait_ready
 from knative_xds.model.kinds import DEFAULT_INGRESS_CLASS, INGRESS_CLASS_ANNOTATION
 from knative_xds.sources.kube import HttpApi, KubeSource
 from knative_xds.sources.kube_watch import Backoff, WatchOptions
@@ -200,11 +200,8 @@ async def run(ingresses: int, edits: int, workdir: Path) -> dict:
             "status_writes": plane.reporter.writer.written if plane.reporter else 0,
         }
     finally:
-        if envoy is not None and envoy.returncode is None:
-            envoy.terminate()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await envoy.wait()
+        if envoy is not None:
+            await stop_process(envoy)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -202,3 +202,16 @@ async def wait_ready(
             except OSError:
                 pass
             await asyncio.sleep(0.05)
+
+
+async def stop_process(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
+    """Stop Envoy (or any child): SIGTERM, then SIGKILL if it is still up after `grace`."""
+    if proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        async with asyncio.timeout(grace):
+            await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()

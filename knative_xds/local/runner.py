@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .. import synth
+from ..envoy import stop_process
 from ..model import ObjectKey, RawObject
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class LocalRevisions:
         try:
             await _until_accepting(port, proc)
         except BaseException:
-            await _stop(proc)
+            await stop_process(proc)
             self._procs.pop(run.key, None)
             raise
         self._ports[run.key] = port
@@ -159,7 +160,9 @@ class LocalRevisions:
     async def close(self) -> None:
         for task in [*self._starting.values(), *self._background]:
             task.cancel()
-        await asyncio.gather(*(_stop(p) for p in self._procs.values()), return_exceptions=True)
+        await asyncio.gather(
+            *(stop_process(p) for p in self._procs.values()), return_exceptions=True
+        )
         self._procs.clear()
         self._ports.clear()
 
@@ -176,15 +179,3 @@ async def _until_accepting(port: int, proc: asyncio.subprocess.Process) -> None:
                 writer.close()
                 return
             await asyncio.sleep(0.05)
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is not None:
-        return
-    proc.terminate()
-    try:
-        async with asyncio.timeout(5):
-            await proc.wait()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()

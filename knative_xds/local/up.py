@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import sys
 import tempfile
@@ -21,7 +20,14 @@ from pathlib import Path
 
 from .. import synth
 from ..app import ControlPlane, Settings
-from ..envoy import EnvoyStats, bootstrap_yaml, require_envoy, start_envoy, wait_ready
+from ..envoy import (
+    EnvoyStats,
+    bootstrap_yaml,
+    require_envoy,
+    start_envoy,
+    stop_process,
+    wait_ready,
+)
 from ..model import Problem, RawObject, State, Visibility
 from ..sources.base import Changes, Sink
 from ..sources.file import FileSource
@@ -151,11 +157,8 @@ async def run_up(args: argparse.Namespace, settings: Settings) -> int:
             )
             tasks.create_task(_exit_with(envoy), name="envoy")
     finally:
-        if envoy is not None and envoy.returncode is None:
-            envoy.terminate()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await envoy.wait()
+        if envoy is not None:
+            await stop_process(envoy)
         await plane.stop(0)
     return 0
 

@@ -20,7 +20,7 @@ from typing import TypeVar
 from kubernetes.aio.client import ApiClient, Configuration
 
 from knative_xds.app import ControlPlane, Settings
-from knative_xds.envoy import admin_get, bootstrap_yaml, start_envoy, wait_ready
+from knative_xds.envoy import admin_get, bootstrap_yaml, start_envoy, stop_process, wait_ready
 from knative_xds.model.kinds import DEFAULT_INGRESS_CLASS
 from knative_xds.sources.kube import HttpApi, KubeSource
 from knative_xds.sources.kube_watch import Backoff, WatchOptions
@@ -130,14 +130,8 @@ class Plane:
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
     async def close(self) -> None:
-        if self._envoy is not None and self._envoy.returncode is None:
-            self._envoy.terminate()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await self._envoy.wait()
-            if self._envoy.returncode is None:
-                self._envoy.kill()
-                await self._envoy.wait()
+        if self._envoy is not None:
+            await stop_process(self._envoy)
         if self._task is not None:
             self._task.cancel()
             # Its error, if it died, was already raised by `guard` in the test it broke.

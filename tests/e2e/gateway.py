@@ -20,7 +20,14 @@ from pathlib import Path
 
 from knative_xds import synth
 from knative_xds.app import ControlPlane, Settings
-from knative_xds.envoy import EnvoyStats, admin_get, bootstrap_yaml, start_envoy, wait_ready
+from knative_xds.envoy import (
+    EnvoyStats,
+    admin_get,
+    bootstrap_yaml,
+    start_envoy,
+    stop_process,
+    wait_ready,
+)
 from knative_xds.local.echo import bound_port, serve_echo
 from knative_xds.sources.file import FileSource
 from knative_xds.translate import GatewayConfig
@@ -189,14 +196,8 @@ class Gateway:
         return stats
 
     async def close(self) -> None:
-        if self._envoy is not None and self._envoy.returncode is None:
-            self._envoy.terminate()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await self._envoy.wait()
-            if self._envoy.returncode is None:
-                self._envoy.kill()
-                await self._envoy.wait()
+        if self._envoy is not None:
+            await stop_process(self._envoy)
         if self._follow is not None:
             self._follow.cancel()
             with contextlib.suppress(asyncio.CancelledError):
