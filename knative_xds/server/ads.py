@@ -16,7 +16,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError, Message
 
 from ..cache import ConfigCache
-from .callbacks import Fanout, NackLog, StreamCallbacks
+from .callbacks import Callbacks, Fanout, NackLog
 from .stream import ProtocolError, Stream
 from .subscription import Nack
 
@@ -71,7 +71,7 @@ class AdsServer:
     given here or added later with `observe`; the NACK log is one of them.
     """
 
-    def __init__(self, cache: ConfigCache, callbacks: Iterable[StreamCallbacks] = ()) -> None:
+    def __init__(self, cache: ConfigCache, callbacks: Iterable[Callbacks] = ()) -> None:
         self.cache = cache
         self.streams: dict[int, Stream] = {}
         self._nack_log = NackLog()
@@ -82,7 +82,7 @@ class AdsServer:
         """The last rejection per (node id, type URL): what an operator asks first."""
         return self._nack_log.nacks
 
-    def observe(self, observer: StreamCallbacks) -> Callable[[], None]:
+    def observe(self, observer: Callbacks) -> Callable[[], None]:
         """Add an observer of every stream, open or to come; returns its removal."""
         self.callbacks.add(observer)
         return lambda: self.callbacks.remove(observer)

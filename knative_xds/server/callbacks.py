@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from .subscription import Decision, Nack
 
@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class StreamCallbacks(Protocol):
+class Callbacks:
+    """What an observer can watch; each does nothing here: observers override what they use."""
+
     def on_stream_open(self, status: StreamStatus) -> None:
         """A stream was accepted (its node is not known yet: no request was read)."""
 
@@ -48,65 +50,35 @@ class StreamCallbacks(Protocol):
         """A response was handed to the transport."""
 
 
-class Callbacks:
-    """Does nothing at every point: observers subclass it and override what they watch."""
-
-    def on_stream_open(self, status: StreamStatus) -> None:
-        pass
-
-    def on_stream_close(self, status: StreamStatus) -> None:
-        pass
-
-    def on_request(
-        self, status: StreamStatus, type_url: str, decision: Decision, nack: Nack | None
-    ) -> None:
-        pass
-
-    def on_response(
-        self,
-        status: StreamStatus,
-        type_url: str,
-        version: str,
-        resource_count: int,
-        byte_count: int,
-    ) -> None:
-        pass
-
-
 class Fanout(Callbacks):
     """Calls every registered observer in turn; observers can come and go while streams run."""
 
-    def __init__(self, observers: Iterable[StreamCallbacks] = ()) -> None:
-        self._observers: tuple[StreamCallbacks, ...] = tuple(observers)
+    def __init__(self, observers: Iterable[Callbacks] = ()) -> None:
+        self._observers: tuple[Callbacks, ...] = tuple(observers)
 
-    def add(self, observer: StreamCallbacks) -> None:
+    def add(self, observer: Callbacks) -> None:
         self._observers = (*self._observers, observer)
 
-    def remove(self, observer: StreamCallbacks) -> None:
+    def remove(self, observer: Callbacks) -> None:
         self._observers = tuple(o for o in self._observers if o is not observer)
 
-    def on_stream_open(self, status: StreamStatus) -> None:
+    def _each(self, event: str, *args: object) -> None:
         for o in self._observers:
             try:
-                o.on_stream_open(status)
+                getattr(o, event)(*args)
             except Exception:
-                log.exception("stream observer %r failed on open", o)
+                log.exception("stream observer %r failed in %s", o, event)
+
+    def on_stream_open(self, status: StreamStatus) -> None:
+        self._each("on_stream_open", status)
 
     def on_stream_close(self, status: StreamStatus) -> None:
-        for o in self._observers:
-            try:
-                o.on_stream_close(status)
-            except Exception:
-                log.exception("stream observer %r failed on close", o)
+        self._each("on_stream_close", status)
 
     def on_request(
         self, status: StreamStatus, type_url: str, decision: Decision, nack: Nack | None
     ) -> None:
-        for o in self._observers:
-            try:
-                o.on_request(status, type_url, decision, nack)
-            except Exception:
-                log.exception("stream observer %r failed on a request", o)
+        self._each("on_request", status, type_url, decision, nack)
 
     def on_response(
         self,
@@ -116,11 +88,7 @@ class Fanout(Callbacks):
         resource_count: int,
         byte_count: int,
     ) -> None:
-        for o in self._observers:
-            try:
-                o.on_response(status, type_url, version, resource_count, byte_count)
-            except Exception:
-                log.exception("stream observer %r failed on a response", o)
+        self._each("on_response", status, type_url, version, resource_count, byte_count)
 
 
 NO_CALLBACKS = Callbacks()

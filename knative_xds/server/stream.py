@@ -19,7 +19,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from ..cache import ConfigCache, Snapshot
 from ..resources import PUSH_ORDER, short
-from .callbacks import NO_CALLBACKS, StreamCallbacks
+from .callbacks import NO_CALLBACKS, Callbacks
 from .decide import classify_delta, classify_sotw
 from .plan import Outgoing, after_send, plan_delta, plan_sotw
 from .subscription import Decision, Nack, Subscription
@@ -63,7 +63,7 @@ class Stream:
         cache: ConfigCache,
         delta: bool,
         peer: str,
-        callbacks: StreamCallbacks = NO_CALLBACKS,
+        callbacks: Callbacks = NO_CALLBACKS,
     ) -> None:
         self._cache = cache
         self._delta = delta
