@@ -197,7 +197,7 @@ async def run(ingresses: int, edits: int, workdir: Path) -> dict:
             "all_ready_after_start_s": round(all_ready_s, 2),
             "ready": summary(ready_ms),
             "served": summary(served_ms),
-            "status_writes": plane.reporter.writer.written if plane.reporter else 0,
+            "status_writes": plane.reporter.summary()["written"] if plane.reporter else 0,
         }
     finally:
         if envoy is not None:

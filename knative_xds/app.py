@@ -77,9 +77,10 @@ class ControlPlane:
             if self.reporter is not None:
                 tasks.create_task(self.reporter.run(), name="kingress status")
 
-    def report_status(self, api: KubeApi, settings: ReporterSettings | None = None) -> None:
+    def report_status(self, api: KubeApi | None, settings: ReporterSettings | None = None) -> None:
         """Write the status of the KIngresses served (serve --kubernetes) through `api`,
-        from the next `run` on: Ready once every connected gateway has accepted them."""
+        from the next `run` on: Ready once every connected gateway has accepted them.
+        Without an `api` (files), readiness is tracked for /debug/status only."""
         from .status.reporter import ReporterSettings, StatusReporter
         from .status.writer import WriterSettings
 

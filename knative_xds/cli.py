@@ -408,6 +408,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
         source = FileSource(args.config)
         source.check()  # before listening: a path that is not there cannot run
+        plane.report_status(None)  # KIngresses from files: readiness on /debug/status
         await _listen_and_run(plane, source, args)
     finally:
         await plane.stop()

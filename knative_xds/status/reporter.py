@@ -58,11 +58,13 @@ class StatusReporter:
         translator: Owner,
         state: Callable[[], State],
         problems: Callable[[], Iterable[Problem]],
-        api: KubeApi,
+        api: KubeApi | None,
         settings: ReporterSettings = ReporterSettings(),
     ) -> None:
         """`state` gives the model's current State, `problems` every current problem
-        (KIngress ones are reported in status). Nothing runs before `run`."""
+        (KIngress ones are reported in status). Without an `api` (KIngresses from files)
+        readiness is tracked for /debug/status and nothing is written. Nothing runs
+        before `run`."""
         self._ads = ads
         self._cache = cache
         self._translator = translator
@@ -70,15 +72,18 @@ class StatusReporter:
         self._problems = problems
         self._settings = settings
         self.tracker = ReadinessTracker()
-        self.elector = Elector(api, settings.lease)
         self._problem_text: dict[ObjectKey, str] = {}
-        self.writer = StatusWriter(
-            api,
-            self.tracker,
-            problem_of=self._problem_text.get,
-            settings=settings.writer,
-            may_write=self.elector.leading,
-        )
+        self.elector: Elector | None = None
+        self.writer: StatusWriter | None = None
+        if api is not None:
+            self.elector = Elector(api, settings.lease)
+            self.writer = StatusWriter(
+                api,
+                self.tracker,
+                problem_of=self._problem_text.get,
+                settings=settings.writer,
+                may_write=self.elector.leading,
+            )
         # KIngresses as last reported, and those the translator had not caught up with.
         self._reported: dict[ObjectKey, Ingress] = {}
         self._deferred: set[ObjectKey] = set()
@@ -92,18 +97,20 @@ class StatusReporter:
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._follow(), name="status-follow")
-                tasks.create_task(self.elector.run(self._write), name="status-lease")
+                if self.elector is not None:
+                    tasks.create_task(self.elector.run(self._write), name="status-lease")
         finally:
             stop_observing()
         raise AssertionError("unreachable: both tasks run until cancelled")
 
     def summary(self) -> dict[str, Any]:
         """For /debug/status: who writes, and each KIngress's readiness."""
+        elector, writer = self.elector, self.writer
         return {
-            "identity": self.elector.identity,
-            "leader": self.elector.holder,
-            "leading": self.elector.leading(),
-            "written": self.writer.written,
+            "identity": elector.identity if elector else None,
+            "leader": elector.holder if elector else None,
+            "leading": elector.leading() if elector else False,
+            "written": writer.written if writer else 0,
             "kingresses": [
                 {
                     "key": str(r.key),
@@ -120,6 +127,7 @@ class StatusReporter:
 
     async def _write(self) -> NoReturn:
         # A bug in status writing must not take xDS serving down with it: log, start over.
+        assert self.writer is not None
         while True:
             try:
                 await self.writer.run()
@@ -189,7 +197,8 @@ class StatusReporter:
         }
         self._problem_text.clear()
         self._problem_text.update(now)
-        self.writer.mark(changed)
+        if self.writer is not None:
+            self.writer.mark(changed)
 
 
 def _published(owned: Mapping[tuple[str, str], Resource], snapshot: Snapshot) -> bool:

@@ -123,6 +123,8 @@ class Gateway:
         self.plane = ControlPlane(
             Settings(gateway=GatewayConfig("127.0.0.1", self.external, self.internal))
         )
+        # As `serve --config` does: KIngresses from files have their readiness tracked.
+        self.plane.report_status(None)
         loaded = asyncio.Event()
         self._follow = asyncio.create_task(self.plane.run(FileSource(self.config_dir), loaded))
         await self.wait_until(
