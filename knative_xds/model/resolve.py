@@ -25,6 +25,7 @@ from immutables import Map
 
 from . import network as net
 from .backends import BackendIndex
+from .certificates import CertificateIndex
 from .from_kingress import kingress_ingress
 from .from_routes import route_ingress
 from .hosts import HostClaims
@@ -54,7 +55,7 @@ from .objects import (
     parse_revision,
     parse_route,
 )
-from .types import ActivatorMode, Certificate, Ingress, ObjectKey, Problem, State
+from .types import ActivatorMode, Ingress, ObjectKey, Problem, State
 
 _PARSERS = {
     ROUTE: parse_route,
@@ -116,8 +117,7 @@ class Resolver:
         self._ingresses: dict[ObjectKey, Ingress] = {}
         self._users: defaultdict[Ident, set[Ident]] = defaultdict(set)
         self._deps: dict[Ident, set[Ident]] = {}
-        self._secret_users: defaultdict[ObjectKey, set[ObjectKey]] = defaultdict(set)
-        self._certificates: dict[ObjectKey, Certificate] = {}
+        self._certificates = CertificateIndex()
         self._hosts = HostClaims()
         self._backends = BackendIndex(follow_public=follow_public_endpoints, mode=activator_mode)
         self._network = net.NetworkConfig()
@@ -187,18 +187,22 @@ class Resolver:
         for key in changed:
             old, new = before.get(key), self._ingresses.get(key)
             touched |= self._backends.swap(old.backends if old else (), new.backends if new else ())
-            dirty.secrets |= self._swap_secrets(key, old, new)
+            dirty.secrets |= self._certificates.swap(key, old, new)
         changed_backends = self._backends.refresh(touched, self._slice)
         if dirty.activator:
             changed_backends |= self._backends.refresh_activator(self._slice)
-        changed_certs = self._refresh_certificates(dirty.secrets)
+        changed_certs = self._certificates.refresh(
+            dirty.secrets, lambda k: self._specs.get((SECRET, k))
+        )
         if changed or changed_backends or changed_certs or dirty.activator:
             last = self._state
             self._state = State(
                 ingresses=_carry(last.ingresses, self._ingresses, changed),
                 endpoints=_carry(last.endpoints, self._backends.endpoints, changed_backends),
                 backends=_carry(last.backends, self._backends.backends, changed_backends),
-                certificates=_carry(last.certificates, self._certificates, changed_certs),
+                certificates=_carry(
+                    last.certificates, self._certificates.certificates, changed_certs
+                ),
                 activator=self._backends.activator,
                 activator_mode=self._mode,
             )
@@ -359,38 +363,6 @@ class Resolver:
             self._deps[ident] = deps
             for dep in deps:
                 self._users[dep].add(ident)
-
-    # -- certificates -----------------------------------------------------------------
-
-    def _swap_secrets(
-        self, key: ObjectKey, old: Ingress | None, new: Ingress | None
-    ) -> set[ObjectKey]:
-        before = {t.secret for t in old.tls} if old else set()
-        after = {t.secret for t in new.tls} if new else set()
-        for secret in before - after:
-            self._secret_users[secret].discard(key)
-            if not self._secret_users[secret]:
-                del self._secret_users[secret]
-        for secret in after - before:
-            self._secret_users[secret].add(key)
-        return before ^ after
-
-    def _refresh_certificates(self, secrets: Iterable[ObjectKey]) -> set[ObjectKey]:
-        changed: set[ObjectKey] = set()
-        for key in secrets:
-            value = None
-            if key in self._secret_users:
-                cert = self._specs.get((SECRET, key))
-                # A Secret deleted (or unparsable) under a served Ingress: the Ingress keeps
-                # its last good version, and so its certificate keeps serving.
-                value = cert if isinstance(cert, Certificate) else self._certificates.get(key)
-            if self._certificates.get(key) != value:
-                changed.add(key)
-                if value is None:
-                    del self._certificates[key]
-                else:
-                    self._certificates[key] = value
-        return changed
 
     # -- endpoints --------------------------------------------------------------------
 
