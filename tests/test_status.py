@@ -16,7 +16,7 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2, scoped_route_
 from knative_xds.cache import Snapshot, SnapshotCache
 from knative_xds.model.types import ObjectKey
 from knative_xds.resources import ROUTE, SCOPED_ROUTE, Resource
-from knative_xds.server.stream import StreamStatus
+from knative_xds.server.callbacks import StreamStatus
 from knative_xds.server.subscription import Decision, Subscription
 from knative_xds.status.readiness import NO_GATEWAY, WAITING, ReadinessTracker
 from knative_xds.translate import Delta

@@ -19,7 +19,7 @@ from kubernetes.aio.client import ApiClient, Configuration
 
 from knative_xds.model.kinds import DEFAULT_INGRESS_CLASS, INGRESS_CLASS_ANNOTATION
 from knative_xds.model.types import ObjectKey
-from knative_xds.server.stream import StreamStatus
+from knative_xds.server.callbacks import StreamStatus
 from knative_xds.sources.kube_http import HttpApi
 from knative_xds.status.conditions import is_ready, rfc3339
 from knative_xds.status.readiness import ReadinessTracker

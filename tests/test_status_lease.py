@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import time
 
-from knative_xds.server.stream import StreamStatus
+from knative_xds.server.callbacks import StreamStatus
 from knative_xds.sources.kube_http import HttpApi
 from knative_xds.status.lease import Elector, LeaseSettings
 from knative_xds.status.readiness import ReadinessTracker

@@ -14,14 +14,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
-from .subscription import Decision, Nack
-
-if TYPE_CHECKING:
-    from .stream import StreamStatus
+from .subscription import Decision, Nack, Subscription
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class StreamStatus:
+    """What an operator (and every observer) sees of one connected client."""
+
+    id: int
+    peer: str
+    delta: bool
+    node_id: str = ""
+    cluster: str = ""
+    subs: dict[str, Subscription] = field(default_factory=dict)
+    decisions: dict[str, int] = field(default_factory=dict)
 
 
 class Callbacks:

@@ -12,14 +12,13 @@ import functools
 import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from ..cache import ConfigCache, Snapshot
 from ..resources import PUSH_ORDER, short
-from .callbacks import NO_CALLBACKS, Callbacks
+from .callbacks import NO_CALLBACKS, Callbacks, StreamStatus
 from .decide import classify_delta, classify_sotw
 from .plan import Outgoing, after_send, plan_delta, plan_sotw
 from .subscription import Decision, Nack, Subscription
@@ -38,19 +37,6 @@ def _identity(instance: str) -> base_pb2.ControlPlane:
 
 class ProtocolError(Exception):
     """A request the server cannot serve; the stream ends with INVALID_ARGUMENT."""
-
-
-@dataclass(slots=True)
-class StreamStatus:
-    """What an operator wants to know about one connected client."""
-
-    id: int
-    peer: str
-    delta: bool
-    node_id: str = ""
-    cluster: str = ""
-    subs: dict[str, Subscription] = field(default_factory=dict)
-    decisions: dict[str, int] = field(default_factory=dict)
 
 
 Send = Callable[[bytes], Awaitable[None]]

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 
 from ..cache import Snapshot
 from ..model.types import ObjectKey
-from ..server.callbacks import Callbacks
-from ..server.stream import StreamStatus
+from ..server.callbacks import Callbacks, StreamStatus
 from ..server.subscription import Decision, Nack
 
 Name = tuple[str, str]  # (type URL, resource name)
