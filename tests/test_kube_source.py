@@ -19,7 +19,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 
 from knative_xds.cache import SnapshotCache
 from knative_xds.model import ObjectKey, Resolver
-from knative_xds.model.kinds import SERVING
+from knative_xds.model.kinds import NETWORKING, SERVING
 from knative_xds.pipeline import Pipeline
 from knative_xds.resources import CLUSTER, ENDPOINT
 from knative_xds.sources.kube import ClusterConfigError, KubeSource, collections, connect
@@ -500,3 +500,58 @@ async def test_the_source_feeds_the_real_pipeline(server: FakeApiServer) -> None
             with contextlib.suppress(asyncio.CancelledError):
                 await applier
     assert pipeline.problems() == []
+
+
+async def test_serve_kubernetes_reports_kingress_status_with_the_gateways_it_is_told(
+    server: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve --kubernetes` as the CLI runs it starts the status reporter: with no gateway
+    connected, the KIngress is told so, on its generation."""
+    from knative_xds import cli
+
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
+                "users": [{"name": "me", "user": {"token": "t"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    a_kingress_cluster(server)
+    args = cli.build_parser().parse_args(
+        [
+            "serve",
+            "--kubernetes",
+            "--xds-address",
+            "127.0.0.1",
+            "--xds-port",
+            "0",
+            "--listen-address",
+            "127.0.0.1",
+            "--lease-namespace",
+            "ops",
+        ]
+    )
+    serving = asyncio.create_task(cli._serve(args))
+
+    def told() -> dict | None:
+        status = server.stored(NETWORKING, "Ingress", "default", "hello").get("status") or {}
+        ready = [c for c in status.get("conditions") or () if c["type"] == "Ready"]
+        return status if ready and ready[0].get("reason") == "NoGatewayConnected" else None
+
+    try:
+        async with asyncio.timeout(DEADLINE):
+            await server.wait_for(lambda: told() is not None)
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+    assert told()["observedGeneration"] == 1  # type: ignore[index]
+    # The one writer holds its Lease where it was told.
+    assert any("/apis/coordination.k8s.io/v1/namespaces/ops/leases" in s.path for s in server.seen)
