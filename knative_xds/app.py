@@ -94,6 +94,8 @@ class ControlPlane:
             api=api,
             settings=settings or ReporterSettings(writer=writer),
         )
+        reporter = self.reporter
+        self.pipeline.on_applied.append(lambda a: reporter.applied(a.update.changed_ingresses))
 
     async def start_xds(self, address: str) -> int:
         """Listen for Envoys; a stream is sent nothing until the first state is loaded."""

@@ -88,6 +88,17 @@ class StatusReporter:
         self._reported: dict[ObjectKey, Ingress] = {}
         self._deferred: set[ObjectKey] = set()
         self._serial = -1
+        # The Ingresses applied batches changed since the last look (`applied`); None
+        # until the pipeline tells us, and then every Ingress is compared instead.
+        self._changed: set[ObjectKey] | None = None
+
+    def applied(self, changed: Iterable[ObjectKey]) -> None:
+        """The pipeline applied a batch that changed these Ingresses: a snapshot follows.
+
+        Told this, a publish costs what it changed, not a look at every Ingress."""
+        if self._changed is None:
+            self._changed = set()
+        self._changed.update(changed)
 
     async def run(self) -> NoReturn:
         """Track readiness and, while holding the Lease, write status; until cancelled."""
@@ -161,10 +172,14 @@ class StatusReporter:
         """Report what `snapshot` carries of the KIngresses in `state` to the tracker."""
         ingresses = state.ingresses
         look = set(self._deferred) | self.tracker.pending()
-        for key, ingress in ingresses.items():
-            if ingress.kind == INGRESS and self._reported.get(key) is not ingress:
-                look.add(key)
-        look.update(k for k in self._reported if k not in ingresses)
+        if self._changed is None:  # not told what changed: look at every Ingress
+            for key, ingress in ingresses.items():
+                if ingress.kind == INGRESS and self._reported.get(key) is not ingress:
+                    look.add(key)
+            look.update(k for k in self._reported if k not in ingresses)
+        else:
+            look |= self._changed
+            self._changed = set()
         carried: dict[ObjectKey, Carried] = {}
         self._deferred = set()
         for key in look:
