@@ -431,22 +431,25 @@ def test_input_routes_is_what_was_read_before_kingresses() -> None:
 # -- configuration and the real pipeline ---------------------------------------------------
 
 
+def a_kubeconfig(folder: Path, url: str, *, token: str = "t") -> Path:
+    """A kubeconfig naming the fake API server, with a bearer token."""
+    path = folder / "config"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": url}}],
+        "users": [{"name": "me", "user": {"token": token}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me"}}],
+        "current-context": "fake",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 async def test_connect_uses_the_kubeconfig_and_its_token(
     server: FakeApiServer, tmp_path: Path
 ) -> None:
-    kubeconfig = tmp_path / "config"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
-                "users": [{"name": "me", "user": {"token": "s3cret"}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me"}}],
-                "current-context": "fake",
-            }
-        )
-    )
+    kubeconfig = a_kubeconfig(tmp_path, server.url, token="s3cret")
     a_cluster(server)
     sink = RecordingSink()
     async with connect(kubeconfig=str(kubeconfig)) as api:
@@ -509,19 +512,7 @@ async def test_serve_kubernetes_reports_kingress_status_with_the_gateways_it_is_
     connected, the KIngress is told so, on its generation."""
     from knative_xds import cli
 
-    kubeconfig = tmp_path / "config"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
-                "users": [{"name": "me", "user": {"token": "t"}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me"}}],
-                "current-context": "fake",
-            }
-        )
-    )
+    kubeconfig = a_kubeconfig(tmp_path, server.url)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     a_kingress_cluster(server)
     args = cli.build_parser().parse_args(
