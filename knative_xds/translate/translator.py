@@ -17,7 +17,7 @@ from ..resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET
 from .clusters import cluster_resource
 from .endpoints import endpoints_resource
 from .listeners import listener_resource, tls_chains, tls_listener_resource
-from .names import Listener, route_table_name, scope_name, secret_name
+from .names import Listener, route_table_name, scope_name
 from .routes import listener_rules, route_tables
 from .scopes import scope_key, scope_resource
 from .secrets import secret_resource
@@ -147,9 +147,8 @@ class Translator:
         chains = tls_chains((key, t) for key, entries in self._tls.items() for t in entries)
         # A chain is served only once its certificate is: a missing Secret is the
         # model's problem to report, and Envoy would hold the whole listener warming.
-        chains = {
-            s: h for s, h in chains.items() if any(secret_name(k) == s for k in self._secrets)
-        }
+        served = {r.name for r in self._secrets.values()}
+        chains = {s: h for s, h in chains.items() if s in served}
         if not chains:
             if self._tls_listener is not None:
                 delta.remove(LISTENER, self._tls_listener.name)
