@@ -56,10 +56,12 @@ def route_ingress(
             Path((_split(ns, rev, 100),), match_headers=((TAG_HEADER, tag),)) for tag, rev in tags
         ]
         paths = [*tag_paths, *paths]
-    rules = list(_rules(spec, network, name, tuple(paths)))
+    # One domain for all of a Route's names (config-domain selects it by the Route's labels).
+    domain = None if spec.cluster_local else network.domain_for(dict(spec.labels))
+    rules = list(_rules(spec, network, domain, name, tuple(paths)))
     for tag, rev in tags:
         tagged = net.tag_name(network, name=name, tag=tag)
-        rules.extend(_rules(spec, network, tagged, (Path((_split(ns, rev, 100),)),)))
+        rules.extend(_rules(spec, network, domain, tagged, (Path((_split(ns, rev, 100),)),)))
     return Ingress(
         key=spec.key,
         rules=tuple(rules),
@@ -85,11 +87,15 @@ def _backend(revision: RevisionSpec) -> Backend:
 
 
 def _rules(
-    spec: RouteSpec, network: net.NetworkConfig, name: str, paths: tuple[Path, ...]
+    spec: RouteSpec,
+    network: net.NetworkConfig,
+    domain: str | None,
+    name: str,
+    paths: tuple[Path, ...],
 ) -> Iterable[Rule]:
+    """A traffic name's rules: public at `domain` (None: cluster-local only), and in-cluster."""
     ns = spec.key.namespace
-    if not spec.cluster_local:
-        domain = network.domain_for(dict(spec.labels))
+    if domain is not None:
         host = net.external_host(network, name=name, namespace=ns, domain=domain)
         yield Rule(Visibility.EXTERNAL, (host,), paths)
     yield Rule(Visibility.CLUSTER_LOCAL, net.cluster_local_hosts(name, ns), paths)
