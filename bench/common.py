@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -94,6 +94,7 @@ class Stack:
     started: float  # perf_counter when knative-xds was spawned
     started_wall: float  # the same moment by the wall clock, as Envoy's log has it
     loaded: float  # perf_counter when it reported its first state loaded
+    control_plane: list[str] = field(default_factory=list)  # how knative-xds was started
 
     def ports(self) -> tuple[int, int]:
         return self.app_ports
@@ -201,13 +202,14 @@ def stack(routes: int, *, delta: bool = False, envoy: bool = True) -> Iterator[S
         os.sync()
         external, admin, health, xds = free_port(), free_port(), free_port(), free_port()
         started, started_wall = time.perf_counter(), time.time()
-        procs.insert(0, _spawn(
-            [sys.executable, "-m", "knative_xds.cli", "--log-level", os.environ.get("BENCH_LOG", "warning"),
-             "serve", "--config", str(config), "--xds-port", str(xds), "--xds-address", "127.0.0.1",
-             "--external-port", str(external), "--internal-port", str(free_port()),
-             "--listen-address", "127.0.0.1", "--health-port", str(health)],
-            workdir / "knative-xds.log",
-        ))  # fmt: skip
+        control_plane = [
+            sys.executable, "-m", "knative_xds.cli", "--log-level", os.environ.get("BENCH_LOG", "warning"),
+            "serve", "--config", str(config), "--xds-port", str(xds), "--xds-address", "127.0.0.1",
+            "--external-port", str(external), "--internal-port", str(free_port()),
+            "--listen-address", "127.0.0.1", "--health-port", str(health),
+            "--state-dir", str(workdir / "state"),
+        ]  # fmt: skip
+        procs.insert(0, _spawn(control_plane, workdir / "knative-xds.log"))
         if envoy:
             # Started alongside, as a gateway that is already up when the control plane
             # (re)starts: it connects while the first state loads.
@@ -243,6 +245,7 @@ def stack(routes: int, *, delta: bool = False, envoy: bool = True) -> Iterator[S
             started,
             started_wall,
             loaded,
+            control_plane,
         )
     finally:
         for p in procs:
@@ -256,8 +259,13 @@ def stack(routes: int, *, delta: bool = False, envoy: bool = True) -> Iterator[S
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen:
-    out = open(log, "wb")  # noqa: SIM115 - closed when the process ends
+def respawn_control_plane(st: Stack) -> None:
+    """Start knative-xds again as it was started (after it was killed), logging to the same file."""
+    st.procs[0] = _spawn(st.control_plane, st.workdir / "knative-xds.log", append=True)
+
+
+def _spawn(args: list[str], log: Path, *, append: bool = False) -> subprocess.Popen:
+    out = open(log, "ab" if append else "wb")  # noqa: SIM115 - closed when the process ends
     return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
 
 

@@ -153,7 +153,7 @@ async def run(ingresses: int, edits: int, workdir: Path) -> dict:
         internal_port=free_port(),
         external_tls_port=free_port(),
     )
-    plane = ControlPlane(Settings(gateway=gateway))
+    plane = ControlPlane(Settings(gateway=gateway, hold_empty_start=False))
     task = None
     try:
         for i in range(ingresses):

@@ -17,15 +17,17 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from .admin.metrics import Metrics
 from .cache import SnapshotCache
 from .model import ActivatorMode, Problem, Resolver
 from .model.kinds import DEFAULT_INGRESS_CLASS
 from .pipeline import Applied, Pipeline
 from .server import AdsServer, start
-from .sources.base import Changes, Source
+from .sources.base import Changes, Source, SourceEvent
 from .translate import GatewayConfig, Translator
 
 if TYPE_CHECKING:
+    from .server.tls import TlsFiles
     from .status.reporter import KubeApi, ReporterSettings, StatusReporter
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,9 @@ class Settings:
     # KIngresses are reconciled only when their ingress.class annotation names this.
     ingress_class: str = DEFAULT_INGRESS_CLASS
     coalesce_ms: float = 3.0
+    # A first state with no Route or KIngress publishes nothing until one appears (an
+    # empty or half-written folder must not wipe a connected gateway); see Pipeline.
+    hold_empty_start: bool = True
 
 
 class ControlPlane:
@@ -56,10 +61,19 @@ class ControlPlane:
             translator=self.translator,
             cache=self.cache,
             window_ms=settings.coalesce_ms,
+            hold_empty_start=settings.hold_empty_start,
         )
         self.ads = AdsServer(self.cache)
-        # Set once a first state is published (a refused first snapshot is not loaded).
+        # Prometheus metrics (its own registry, so planes in one process count apart).
+        self.metrics = Metrics(self)
+        self.ads.observe(self.metrics)
+        self.pipeline.on_applied.append(self.metrics.on_applied)
+        self.pipeline.on_source.append(self.metrics.on_source)
+        # Set once a first state is published (a refused first snapshot is not loaded;
+        # a first state that serves nothing is published, and loaded, with its first
+        # ingress).
         self.loaded = asyncio.Event()
+        self.pipeline.on_applied.append(self._published)
         # KIngress status (serve --kubernetes with KIngress input), for /debug/status.
         self.reporter: StatusReporter | None = None
         # What the first load did: its state and problems (`validate` and `up` print them).
@@ -97,11 +111,13 @@ class ControlPlane:
         reporter = self.reporter
         self.pipeline.on_applied.append(lambda a: reporter.applied(a.update.changed_ingresses))
 
-    async def start_xds(self, address: str) -> int:
+    async def start_xds(self, address: str, tls: TlsFiles | None = None) -> int:
         """Listen for Envoys; a stream is sent nothing until the first state is loaded."""
-        self._grpc, port = await start(self.ads, address)
+        self._grpc, port = await start(self.ads, address, tls)
         log.info(
-            "xDS (ADS, SotW and Delta) listening on %s", address.rsplit(":", 1)[0] + f":{port}"
+            "xDS (ADS, SotW and Delta; CSDS) listening on %s%s",
+            address.rsplit(":", 1)[0] + f":{port}",
+            "" if tls is None else " over TLS" + (" with client certificates" if tls.ca else ""),
         )
         return port
 
@@ -133,11 +149,21 @@ class ControlPlane:
             self.loaded.set()
         return applied
 
+    def _published(self, applied: Applied) -> None:
+        if applied.snapshot is not None:
+            self.loaded.set()
+
     def submit(self, changes: Changes) -> None:
         self.pipeline.submit(changes)
 
     def set_source_problems(self, scope: str, problems: Iterable[Problem]) -> None:
         self.pipeline.set_source_problems(scope, problems)
+
+    def source_health(self, scope: str, healthy: bool, detail: str = "") -> None:
+        self.pipeline.source_health(scope, healthy, detail)
+
+    def source_event(self, event: SourceEvent) -> None:
+        self.pipeline.source_event(event)
 
     def problems(self) -> list[Problem]:
         return self.pipeline.problems()

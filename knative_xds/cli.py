@@ -1,4 +1,4 @@
-"""knative-xds command line: serve, bootstrap, validate, up.
+"""knative-xds command line: serve, bootstrap, validate, up, status.
 
 Exit codes: 0 success, 1 the input has problems (validate), 2 bad usage,
 3 could not run (a port in use, no Envoy binary, a file that is not there).
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, status_cli
 from .envoy import EnvoyStats, bootstrap_yaml
 from .model import ActivatorMode
 from .model.kinds import DEFAULT_INGRESS_CLASS
@@ -47,6 +47,7 @@ examples:
   knative-xds serve --kubernetes           in a cluster: serve the KIngresses of our class
   knative-xds bootstrap --xds-address 127.0.0.1:18000 > envoy.yaml
   knative-xds validate routes/             check the input, print every problem
+  knative-xds status                       connected gateways: what each accepted or rejected
 """
 
 
@@ -60,6 +61,12 @@ def _host_port(text: str) -> tuple[str, int]:
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (0 or more)")
     return int(text)
 
 
@@ -77,6 +84,14 @@ def _add_gateway_flags(p: argparse.ArgumentParser, *, listen: str) -> None:
     )
     g.add_argument(
         "--listen-address", default=listen, help=f"address the listeners bind (default: {listen})"
+    )
+    g.add_argument(
+        "--trusted-hops",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="load balancers in front of the gateway: how many X-Forwarded-For entries, "
+        "from the right, Envoy trusts (default: 0, only the connection's own address)",
     )
     g.add_argument(
         "--activator",
@@ -183,13 +198,45 @@ def build_parser() -> argparse.ArgumentParser:
         "--xds-port", type=_port, default=18000, help="ADS gRPC port (default: 18000)"
     )
     serve.add_argument(
-        "--xds-address", default="0.0.0.0", help="ADS bind address (default: 0.0.0.0)"
+        "--xds-address",
+        default=None,
+        help="ADS bind address. Default: 127.0.0.1 with --config (ADS hands every route and "
+        "endpoint to whoever connects, so only this host may), 0.0.0.0 with --kubernetes "
+        "(gateways reach it from other pods: use --client-ca there)",
+    )
+    tls = serve.add_argument_group(
+        "TLS on ADS (and CSDS): with --client-ca, only gateways holding a certificate it "
+        "signed are served"
+    )
+    tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM server certificate")
+    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM key of --tls-cert")
+    tls.add_argument(
+        "--client-ca",
+        type=Path,
+        metavar="FILE",
+        help="PEM CA: require a client certificate signed by it (mTLS); needs --tls-cert",
+    )
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        default=None,
+        help="with --config: where the last good version of each file is kept, so a "
+        "restart serves a file that no longer parses as it was (default: "
+        "$XDG_STATE_HOME/knative-xds, else ~/.local/state/knative-xds)",
     )
     serve.add_argument(
         "--health-port",
         type=_port,
         default=None,
-        help="serve /healthz, /ready and /debug/status on this port",
+        help="serve the admin HTTP endpoints on this port: /healthz, /readyz (and /ready), "
+        "/metrics (Prometheus), /debug/status[?node=ID], /debug/config_dump?node=ID",
+    )
+    serve.add_argument(
+        "--health-address",
+        default="127.0.0.1",
+        help="admin HTTP bind address (default: 127.0.0.1; /debug shows every route, so "
+        "open it wider only where probes need it, e.g. 0.0.0.0 in a pod)",
     )
     serve.add_argument(
         "--follow-public-endpoints",
@@ -229,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="use incremental (Delta) ADS instead of State of the World",
     )
     _add_envoy_stats_flag(boot)
+    status_cli.add_client_tls_flags(boot)
+    status_cli.add_parser(sub)
 
     val = sub.add_parser(
         "validate",
@@ -273,9 +322,12 @@ def main(argv: list[str] | None = None) -> int:
                     admin_port=args.admin_port,
                     delta=args.delta,
                     stats=EnvoyStats(args.envoy_stats),
+                    tls=_bootstrap_tls(args),
                 )
             )
             return 0
+        if args.command == "status":
+            return status_cli.run(args)
         if args.command == "validate":
             return _validate(args)
         fix_mmap_threshold()
@@ -385,43 +437,72 @@ def _settings(args: argparse.Namespace):
             external_port=args.external_port,
             internal_port=args.internal_port,
             external_tls_port=args.external_tls_port,
+            trusted_hops=args.trusted_hops,
         ),
         activator_mode=ActivatorMode(args.activator),
         follow_public_endpoints=getattr(args, "follow_public_endpoints", False),
         ingress_class=args.ingress_class,
+        # From a cluster, an empty list is the truth (a fresh install has no KIngress yet).
+        hold_empty_start=not getattr(args, "kubernetes", False),
     )
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    from .admin.http import serve_admin
     from .app import ControlPlane
-    from .health import serve_health
 
     plane = ControlPlane(_settings(args))
-    # Health first: /healthz answers while the first state loads, /ready once it has.
+    # Health first: /healthz answers while the first state loads, /readyz once it has.
     health = None
     if args.health_port is not None:
-        health = await serve_health(plane, "0.0.0.0", args.health_port)
+        health = await serve_admin(plane, args.health_address, args.health_port)
     try:
         if args.kubernetes:
             return await _serve_kubernetes(plane, args)
         from .sources.file import FileSource
+        from .sources.file_state import default_state_dir
 
-        source = FileSource(args.config)
+        source = FileSource(args.config, state_dir=args.state_dir or default_state_dir())
         source.check()  # before listening: a path that is not there cannot run
         plane.report_status(None)  # KIngresses from files: readiness on /debug/status
         await _listen_and_run(plane, source, args)
     finally:
         await plane.stop()
         if health is not None:
-            health.close()
+            await health.close()
     return 0
 
 
 async def _listen_and_run(plane: ControlPlane, source: Source, args: argparse.Namespace) -> None:
     # Listening first: a gateway that connects meanwhile is sent each part of the first
     # state as soon as it is complete (clusters before route tables), and nothing before.
-    await plane.start_xds(f"{args.xds_address}:{args.xds_port}")
+    address = args.xds_address or ("0.0.0.0" if args.kubernetes else "127.0.0.1")
+    await plane.start_xds(f"{address}:{args.xds_port}", _serve_tls(args))
     await plane.run(source)
+
+
+def _serve_tls(args: argparse.Namespace):
+    """serve's TLS files, checked (TlsFileError, an OSError, names flag and file)."""
+    from .server.tls import TlsFileError, TlsFiles, check
+
+    if args.tls_cert is None and args.tls_key is None:
+        if args.client_ca is not None:
+            raise TlsFileError("--client-ca needs --tls-cert and --tls-key: mTLS is TLS first")
+        return None
+    files = TlsFiles(cert=args.tls_cert, key=args.tls_key, ca=args.client_ca, ca_flag="--client-ca")
+    check(files)
+    return files
+
+
+def _bootstrap_tls(args: argparse.Namespace):
+    """The files are where Envoy will read them (a pod's mounted Secret), so they are
+    not looked at here."""
+    files = status_cli.client_tls(args)
+    if files is not None and files.ca is None:
+        raise OSError("--tls-cert/--tls-key need --tls-ca: the CA Envoy verifies knative-xds by")
+    if files is not None and (files.cert is None) != (files.key is None):
+        raise OSError("--tls-cert and --tls-key go together: a certificate and its private key")
+    return files
 
 
 async def _serve_kubernetes(plane: ControlPlane, args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ importing `envoy`.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import shutil
 import site
@@ -17,11 +18,14 @@ import sysconfig
 import urllib.request
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .translate.names import Listener
+
+if TYPE_CHECKING:
+    from .server.tls import TlsFiles
 
 XDS_CLUSTER = "xds"
 ENV_BINARY = "KNATIVE_XDS_ENVOY"
@@ -63,10 +67,13 @@ def bootstrap(
     admin_port: int = 9901,
     delta: bool = False,
     stats: EnvoyStats = EnvoyStats.GATEWAY,
+    tls: TlsFiles | None = None,
 ) -> dict[str, Any]:
     """An Envoy bootstrap that takes listeners, routes, clusters and endpoints over one ADS stream.
 
     `stats` picks the stats Envoy keeps: the gateway's own (the default), or all of them.
+    With `tls`, ADS runs over TLS: the control plane is verified against `tls.ca` and
+    `xds_host`, and `tls.cert`/`tls.key`, if given, are this gateway's client certificate.
     """
     ads = {"ads": {}, "resource_api_version": "V3"}
     config: dict[str, Any] = {
@@ -115,11 +122,93 @@ def bootstrap(
         },
         # Without this Envoy warns on every start; the defaults are what we want.
         "layered_runtime": {"layers": [{"name": "static", "static_layer": {}}]},
+        "overload_manager": overload_manager(),
     }
     if EnvoyStats(stats) is EnvoyStats.GATEWAY:
         patterns = [{"prefix": p} for p in GATEWAY_STATS_LEFT_OUT]
         config["stats_config"] = {"stats_matcher": {"exclusion_list": {"patterns": patterns}}}
+    if tls is not None:
+        xds = config["static_resources"]["clusters"][0]
+        xds["transport_socket"] = xds_transport_socket(xds_host, tls)
     return config
+
+
+def xds_transport_socket(host: str, tls: TlsFiles) -> dict[str, Any]:
+    """TLS from Envoy to the control plane, with files Envoy reads (and re-reads when a
+    mounted Secret is rotated): the server must hold a certificate for `host` signed by
+    `tls.ca`. Paths are made absolute: Envoy's working directory is not the caller's."""
+    try:
+        ipaddress.ip_address(host)
+        san = {"san_type": "IP_ADDRESS", "matcher": {"exact": host}}
+        sni = None  # SNI carries host names only
+    except ValueError:
+        san = {"san_type": "DNS", "matcher": {"exact": host}}
+        sni = host
+    common: dict[str, Any] = {
+        "alpn_protocols": ["h2"],  # gRPC
+        "validation_context": {"match_typed_subject_alt_names": [san]},
+    }
+    if tls.ca is not None:
+        common["validation_context"]["trusted_ca"] = {"filename": str(tls.ca.absolute())}
+    if tls.cert is not None and tls.key is not None:
+        common["tls_certificates"] = [
+            {
+                "certificate_chain": {"filename": str(tls.cert.absolute())},
+                "private_key": {"filename": str(tls.key.absolute())},
+            }
+        ]
+    context: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": common,
+    }
+    if sni is not None:
+        context["sni"] = sni
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+# What the whole gateway may hold before it sheds load (per listener: translate/edge.py).
+# A gateway container given less memory than this should lower it to its limit.
+MAX_HEAP_BYTES = 2 << 30
+MAX_DOWNSTREAM_CONNECTIONS = 100_000
+_MONITOR = "type.googleapis.com/envoy.extensions.resource_monitors"
+
+
+def overload_manager(
+    max_heap_bytes: int = MAX_HEAP_BYTES, max_connections: int = MAX_DOWNSTREAM_CONNECTIONS
+) -> dict[str, Any]:
+    """Envoy's edge guide: near the heap limit free what it can, then refuse new requests
+    rather than be killed for memory with every request in flight; and a cap on all
+    downstream connections together, against connection floods."""
+    heap = "envoy.resource_monitors.fixed_heap"
+    return {
+        "refresh_interval": "0.25s",
+        "resource_monitors": [
+            {
+                "name": heap,
+                "typed_config": {
+                    "@type": f"{_MONITOR}.fixed_heap.v3.FixedHeapConfig",
+                    "max_heap_size_bytes": max_heap_bytes,
+                },
+            },
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": f"{_MONITOR}.downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": max_connections,
+                },
+            },
+        ],
+        "actions": [
+            {
+                "name": "envoy.overload_actions.shrink_heap",
+                "triggers": [{"name": heap, "threshold": {"value": 0.95}}],
+            },
+            {
+                "name": "envoy.overload_actions.stop_accepting_requests",
+                "triggers": [{"name": heap, "threshold": {"value": 0.98}}],
+            },
+        ],
+    }
 
 
 def _socket(address: str, port: int) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from .cache import InconsistentSnapshot, Snapshot, SnapshotCache
 from .model import Problem, RawObject, Resolver, Update
 from .model.kinds import Ident
 from .resources import CLUSTER, ENDPOINT, PUSH_ORDER, SECRET
+from .sources.base import ScopeHealth, SourceEvent
 from .translate import Delta, Translator
 
 log = logging.getLogger(__name__)
@@ -31,12 +32,29 @@ BULK_OBJECTS = 1000
 ROUTES_PER_STEP = 100
 
 
+# A change that withdraws more than this share of the served ingresses is a warning.
+MASS_WITHDRAWAL = 0.5
+# Mass withdrawals kept on `Pipeline.withdrawals`, the last ones.
+WITHDRAWALS_KEPT = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """One applied change that withdrew more than half of the served ingresses."""
+
+    at: float  # time.time()
+    removed: int  # ingresses (Routes and KIngresses) no longer served
+    before: int  # ingresses served before the change
+
+
 @dataclass(frozen=True, slots=True)
 class Applied:
     update: Update
     snapshot: Snapshot | None
     seconds: float
     resources_changed: int
+    # Set when this change withdrew more than half of the served ingresses.
+    withdrawal: Withdrawal | None = None
 
 
 class Pipeline:
@@ -47,6 +65,7 @@ class Pipeline:
         translator: Translator,
         cache: SnapshotCache,
         window_ms: float = 3.0,
+        hold_empty_start: bool = True,
     ) -> None:
         self.resolver = resolver
         self.translator = translator
@@ -61,12 +80,47 @@ class Pipeline:
         # Told of every applied batch, after its snapshot is published (KIngress status
         # follows what each published snapshot carries to the gateways).
         self.on_applied: list[Callable[[Applied], None]] = []
+        # What each source last said of each scope it reads (see `Sink.source_health`).
+        self.health: dict[str, ScopeHealth] = {}
+        # Told of every source health change and event (metrics watch here).
+        self.on_source: list[Callable[[str, ScopeHealth | SourceEvent], None]] = []
+        # The last changes that withdrew more than half of the served ingresses, oldest
+        # first (also on `Applied.withdrawal`): /debug/status and metrics show them.
+        self.withdrawals: list[Withdrawal] = []
+        # Translated while no ingress was ever served: published with the first one, so
+        # a start on an empty folder publishes nothing and a connected gateway keeps
+        # what it has.
+        self._held: Delta | None = None
+        # Off for a cluster: an empty list from the API server is the truth (a fresh
+        # install has no KIngress yet), and the gateway must get its listeners.
+        self._hold_empty_start = hold_empty_start
 
     # -- problems ----------------------------------------------------------------------
 
     def set_source_problems(self, scope: str, problems: Iterable[Problem]) -> None:
         """Problems a source found in one scope (a file), replacing that scope's earlier ones."""
         self._source_problems[scope] = list(problems)
+
+    def source_health(self, scope: str, healthy: bool, detail: str = "") -> None:
+        last = self.health.get(scope)
+        synced = time.time() if healthy else (last.last_sync if last else None)
+        state = ScopeHealth(healthy=healthy, detail=detail, last_sync=synced)
+        if last is None or last.healthy != healthy:
+            if healthy:
+                if last is not None:
+                    log.info("source %s is readable again", scope)
+            else:
+                log.warning("source %s: %s (the last good state keeps serving)", scope, detail)
+        self.health[scope] = state
+        for listener in self.on_source:
+            listener(scope, state)
+
+    def source_event(self, event: SourceEvent) -> None:
+        for listener in self.on_source:
+            listener("", event)
+
+    def sources_healthy(self) -> bool:
+        return all(h.healthy for h in self.health.values())
 
     def problems(self) -> list[Problem]:
         found = {p for ps in self._source_problems.values() for p in ps}
@@ -75,8 +129,11 @@ class Pipeline:
 
     def _report(self) -> None:
         now = set(self.problems())
+        from_sources = {p for ps in self._source_problems.values() for p in ps}
         for p in sorted(now - self._reported):
-            log.error("%s (the last good version keeps serving)", p)
+            # A source's problem says itself what is served instead (it alone knows).
+            note = "" if p in from_sources else " (its last good version, if any, keeps serving)"
+            log.error("%s%s", p, note)
         for p in sorted(self._reported - now):
             log.info("fixed: %s", p)
         self._reported = now
@@ -87,14 +144,40 @@ class Pipeline:
         """Resolve, translate and publish now: every change after the first load."""
         started = time.perf_counter()
         bulk = bulk_allocation() if len(changes) >= BULK_OBJECTS else contextlib.nullcontext()
+        before = self.resolver.state
         with bulk:
             update = self.resolver.apply(changes)
             delta = self.translator.translate(update)
-            snapshot = self._publish(delta)
+            snapshot = self._publish_or_hold(delta, update)
         self._report()
-        return self._applied(
-            Applied(update, snapshot, time.perf_counter() - started, delta.count())
+        seconds = time.perf_counter() - started
+        withdrawal = self._withdrawal(before.ingresses, update)
+        return self._applied(Applied(update, snapshot, seconds, delta.count(), withdrawal))
+
+    def _publish_or_hold(self, delta: Delta, update: Update) -> Snapshot | None:
+        if self._held is not None:  # a first load that served nothing: still nothing?
+            delta = _merged(self._held, delta)
+            if not update.state.ingresses:
+                self._held = delta
+                return None
+            self._held = None
+        return self._publish(delta)
+
+    def _withdrawal(self, served: Mapping[object, object], update: Update) -> Withdrawal | None:
+        now = update.state.ingresses
+        removed = sum(1 for k in update.changed_ingresses if k in served and k not in now)
+        if not served or removed <= len(served) * MASS_WITHDRAWAL:
+            return None
+        log.warning(
+            "a change withdrew %d of the %d served ingresses (Routes and KIngresses); "
+            "%d remain served",
+            removed,
+            len(served),
+            len(now),
         )
+        event = Withdrawal(at=time.time(), removed=removed, before=len(served))
+        self.withdrawals = [*self.withdrawals[-(WITHDRAWALS_KEPT - 1) :], event]
+        return event
 
     def stage(self, changes: Mapping[Ident, RawObject | None]) -> None:
         """Take objects in for the next `load` (a first load arrives in parts)."""
@@ -113,7 +196,7 @@ class Pipeline:
         """
         changes = changes or {}
         async with self._loading:
-            if self.cache.current() is not None:
+            if self.cache.current() is not None or self._held is not None:
                 return self.apply(changes)
             return await self._load_staged(changes)
 
@@ -121,6 +204,17 @@ class Pipeline:
         started = time.perf_counter()
         with bulk_allocation():
             update = self.resolver.apply(changes)
+            if not update.state.ingresses and self._hold_empty_start:
+                # Nothing to serve: publishing it would wipe a connected gateway.
+                log.warning(
+                    "the first state serves no Route or KIngress: nothing is published "
+                    "until one appears (a connected gateway keeps its config)"
+                )
+                delta = self.translator.translate(update)
+                self._held = delta
+                self._report()
+                seconds = time.perf_counter() - started
+                return self._applied(Applied(update, None, seconds, delta.count()))
             first = self.translator.translate_backends(update)
             self._publish(first, loaded=(CLUSTER, ENDPOINT, SECRET))
             await asyncio.sleep(0)
@@ -173,3 +267,11 @@ class Pipeline:
                     applied.resources_changed,
                     applied.seconds * 1000,
                 )
+
+
+def _merged(first: Delta, then: Delta) -> Delta:
+    """`first`, then `then`: for each resource the later word."""
+    out = Delta({t: dict(named) for t, named in first.changes.items()})
+    for type_url, named in then.changes.items():
+        out.changes.setdefault(type_url, {}).update(named)
+    return out

@@ -158,6 +158,10 @@ class Resource:
         """The serialized resource itself (for tests and debug views, not the push path)."""
         return any_pb2.Any.FromString(self._packed()).value
 
+    def to_any(self) -> any_pb2.Any:
+        """The resource as the Any a response carries (for debug views, not the push path)."""
+        return any_pb2.Any.FromString(self._packed())
+
     def message(self, cls: type[Message]) -> Message:
         """Decode the resource (for tests and debug views; never on the push path)."""
         return cls.FromString(self.body)

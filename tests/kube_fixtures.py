@@ -20,6 +20,7 @@ from knative_xds.model.kinds import (
     SERVING,
     Ident,
 )
+from knative_xds.sources.base import SourceEvent
 from knative_xds.sources.kube import HttpApi, KubeSource
 from knative_xds.sources.kube_watch import Backoff, WatchOptions
 from tests.fake_kube_api import Changed, FakeApiServer
@@ -240,6 +241,8 @@ class RecordingSink:
     def __init__(self, ready: asyncio.Event | None = None) -> None:
         self.calls: list[tuple[str, dict[Ident, RawObject | None]]] = []
         self.problem_log: list[tuple[str, list[Problem]]] = []
+        self.health_log: list[tuple[str, bool, str]] = []
+        self.events: list[SourceEvent] = []
         self.ready_before_load: list[bool] = []
         self._ready = ready
         self._changed = Changed()
@@ -265,6 +268,14 @@ class RecordingSink:
 
     def set_source_problems(self, scope: str, problems: Iterable[Problem]) -> None:
         self.problem_log.append((scope, list(problems)))
+        self._poke()
+
+    def source_health(self, scope: str, healthy: bool, detail: str = "") -> None:
+        self.health_log.append((scope, healthy, detail))
+        self._poke()
+
+    def source_event(self, event: SourceEvent) -> None:
+        self.events.append(event)
         self._poke()
 
     @property

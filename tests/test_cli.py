@@ -31,7 +31,7 @@ def test_help_names_every_command(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert done.value.code == 0
-    for command in ("serve", "bootstrap", "validate", "up"):
+    for command in ("serve", "bootstrap", "validate", "up", "status"):
         assert command in out
 
 
@@ -229,3 +229,126 @@ def test_up_serves_the_example_wakes_a_revision_at_zero_and_stops_cleanly_on_ctr
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=20)
     assert code == 0
+
+
+# -- ADS over TLS: flags and their errors ---------------------------------------------------
+
+
+@pytest.fixture
+def certs(tmp_path):
+    """A CA, a server certificate for 127.0.0.1 and a client one, as PEM files."""
+    import trustme
+
+    ca = trustme.CA()
+    paths = {"ca": tmp_path / "ca.crt"}
+    ca.cert_pem.write_to_path(paths["ca"])
+    for name, identity in (("server", "127.0.0.1"), ("client", "gateway")):
+        leaf = ca.issue_cert(identity)
+        paths[name] = tmp_path / f"{name}.crt"
+        paths[f"{name}-key"] = tmp_path / f"{name}.key"
+        leaf.cert_chain_pems[0].write_to_path(paths[name])
+        leaf.private_key_pem.write_to_path(paths[f"{name}-key"])
+    return paths
+
+
+def _tls_bootstrap(certs) -> list[str]:
+    return [
+        "bootstrap",
+        "--xds-address",
+        "127.0.0.1:18000",
+        "--tls-ca",
+        str(certs["ca"]),
+        "--tls-cert",
+        str(certs["client"]),
+        "--tls-key",
+        str(certs["client-key"]),
+    ]
+
+
+def test_bootstrap_with_tls_verifies_the_control_plane_and_presents_the_gateway_cert(certs, capsys):
+    assert main(_tls_bootstrap(certs)) == 0
+    xds = yaml.safe_load(capsys.readouterr().out)["static_resources"]["clusters"][0]
+    context = xds["transport_socket"]["typed_config"]
+    common = context["common_tls_context"]
+    assert common["alpn_protocols"] == ["h2"]
+    assert common["validation_context"]["trusted_ca"] == {"filename": str(certs["ca"])}
+    assert common["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "IP_ADDRESS", "matcher": {"exact": "127.0.0.1"}}
+    ]
+    assert common["tls_certificates"][0]["private_key"] == {"filename": str(certs["client-key"])}
+
+
+@needs_envoy
+def test_envoy_itself_accepts_the_tls_bootstrap(tmp_path, certs, capsys):
+    main(_tls_bootstrap(certs))
+    (tmp_path / "envoy.yaml").write_text(capsys.readouterr().out)
+    check = subprocess.run(
+        [str(find_envoy()), "--mode", "validate", "-c", str(tmp_path / "envoy.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_bootstrap_with_a_client_cert_and_no_ca_says_what_is_missing(certs, capsys):
+    args = ["bootstrap", "--xds-address", "127.0.0.1:18000", "--tls-cert", str(certs["client"])]
+    assert main([*args, "--tls-key", str(certs["client-key"])]) == 3
+    assert "need --tls-ca" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (lambda c: ["--tls-cert", str(c["server"])], "--tls-cert {server} needs --tls-key"),
+        (
+            lambda c: ["--tls-cert", str(c["server"]), "--tls-key", str(c["client-key"])],
+            "--tls-key {client-key} does not go with --tls-cert {server}",
+        ),
+        (
+            lambda c: ["--tls-cert", str(c["server"]), "--tls-key", str(c["ca"].parent / "nope")],
+            "--tls-key {dir}/nope: cannot read it",
+        ),
+        (
+            lambda c: [
+                *("--tls-cert", str(c["server"]), "--tls-key", str(c["server-key"])),
+                *("--client-ca", str(c["server-key"])),
+            ],
+            "--client-ca {server-key}: not a PEM CA certificate",
+        ),
+        (lambda c: ["--client-ca", str(c["ca"])], "--client-ca needs --tls-cert"),
+    ],
+    ids=["key-missing", "key-mismatch", "key-unreadable", "ca-not-a-cert", "ca-without-tls"],
+)
+def test_serve_refuses_bad_tls_files_with_one_line_naming_flag_and_file(
+    certs, capsys, flags, expected
+):
+    args = ["serve", "--config", str(EXAMPLE), "--xds-port", "0", *flags(certs)]
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    names = {k: str(v) for k, v in certs.items()} | {"dir": str(certs["ca"].parent)}
+    assert expected.format(**names) in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_serve_binds_ads_to_loopback_by_default_with_config():
+    port = free_port()
+    serve = ["serve", "--config", str(EXAMPLE), "--xds-port", str(port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "knative_xds.cli", *serve],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "listening on" in line or not line:
+                break
+        assert any(f"listening on 127.0.0.1:{port}" in line for line in lines), lines
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)

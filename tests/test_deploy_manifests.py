@@ -88,7 +88,8 @@ def test_the_control_plane_runs_the_cli_with_the_ports_its_probes_and_service_us
     assert args.command == "serve" and args.kubernetes
     assert _port(container, "grpc-xds") == args.xds_port
     assert _port(container, "http-health") == args.health_port
-    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert args.health_address == "0.0.0.0"  # the kubelet probes from outside the pod
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     service = _one("Service", "knative-xds")
     assert service["spec"]["ports"][0]["targetPort"] == "grpc-xds"
@@ -345,3 +346,111 @@ def test_envoy_accepts_the_gateway_bootstrap(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# -- mTLS between the gateways and the control plane (deploy/components/) -------------------
+
+COMPONENTS = DEPLOY / "components"
+
+
+def _component_docs(name: str) -> list[dict[str, Any]]:
+    return [
+        doc
+        for path in sorted((COMPONENTS / name).glob("*.yaml"))
+        if path.name != "kustomization.yaml"
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+
+
+def _mtls_build(tmp_path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(DEPLOY, tmp_path)],
+                # The two are used together: they must compose.
+                "components": [
+                    os.path.relpath(COMPONENTS / name, tmp_path)
+                    for name in ("mtls", "cert-manager")
+                ],
+            }
+        )
+    )
+    return {(d["kind"], d["metadata"]["name"]): d for d in _kustomize(tmp_path)}
+
+
+def _mounted_secrets(pod: dict[str, Any]) -> dict[str, str]:
+    """Per secret name, where the pod's first container mounts it."""
+    volumes = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    mounts = pod["containers"][0]["volumeMounts"]
+    return {volumes[m["name"]]: m["mountPath"] for m in mounts if m["name"] in volumes}
+
+
+def test_the_mtls_components_bootstrap_is_the_one_the_code_writes() -> None:
+    from knative_xds.server.tls import TlsFiles
+
+    service = _one("Service", "knative-xds")
+    (config_map,) = [d for d in _component_docs("mtls") if isinstance(d, dict)]
+    files = Path("/etc/envoy/tls")
+    assert yaml.safe_load(config_map["data"]["envoy.yaml"]) == bootstrap(
+        xds_host=_dns_name("Service", "knative-xds"),
+        xds_port=service["spec"]["ports"][0]["port"],
+        node_id="knative-gateway",
+        node_cluster="knative-gateway",
+        tls=TlsFiles(cert=files / "tls.crt", key=files / "tls.key", ca=files / "ca.crt"),
+    )
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="no kubectl (its kustomize builds the manifests)")
+def test_with_mtls_the_control_plane_requires_client_certs_from_its_mounted_secret(
+    tmp_path: Path,
+) -> None:
+    built = _mtls_build(tmp_path)
+    pod = built[("Deployment", "knative-xds")]["spec"]["template"]["spec"]
+    args = build_parser().parse_args(pod["containers"][0]["args"])
+    mounted = _mounted_secrets(pod)
+    tls_dir = Path(mounted["knative-xds-tls"])
+    assert (args.tls_cert, args.tls_key, args.client_ca) == (
+        tls_dir / "tls.crt",
+        tls_dir / "tls.key",
+        tls_dir / "ca.crt",
+    )
+    assert "appProtocol" not in built[("Service", "knative-xds")]["spec"]["ports"][0]
+    assert ("Certificate", "knative-xds-tls") in built
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="no kubectl (its kustomize builds the manifests)")
+def test_with_mtls_the_gateway_reads_its_certificate_where_the_secret_is_mounted(
+    tmp_path: Path,
+) -> None:
+    built = _mtls_build(tmp_path)
+    pod = built[("Deployment", "knative-xds-gateway")]["spec"]["template"]["spec"]
+    tls_dir = _mounted_secrets(pod)["knative-xds-gateway-tls"]
+    bootstrap_map = built[("ConfigMap", "knative-xds-gateway-bootstrap")]
+    config = yaml.safe_load(bootstrap_map["data"]["envoy.yaml"])
+    socket = config["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
+    common = socket["common_tls_context"]
+    files = [
+        common["validation_context"]["trusted_ca"]["filename"],
+        common["tls_certificates"][0]["certificate_chain"]["filename"],
+        common["tls_certificates"][0]["private_key"]["filename"],
+    ]
+    assert files == [f"{tls_dir}/ca.crt", f"{tls_dir}/tls.crt", f"{tls_dir}/tls.key"]
+
+
+def test_cert_manager_issues_the_secrets_the_mtls_component_mounts() -> None:
+    docs = _component_docs("cert-manager")
+    certificates = {d["spec"]["secretName"]: d["spec"] for d in docs if d["kind"] == "Certificate"}
+    issuers = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "Issuer"}
+    server, gateway = certificates["knative-xds-tls"], certificates["knative-xds-gateway-tls"]
+    # The name the gateways dial and verify is on the control plane's certificate.
+    assert _dns_name("Service", "knative-xds") in server["dnsNames"]
+    assert "server auth" in server["usages"] and "client auth" in gateway["usages"]
+    # Both from one private CA, itself signed by the self-signed issuer.
+    ca_issuer = server["issuerRef"]["name"]
+    assert gateway["issuerRef"]["name"] == ca_issuer
+    ca = certificates[issuers[ca_issuer]["ca"]["secretName"]]
+    assert ca["isCA"] is True
+    assert "selfSigned" in issuers[ca["issuerRef"]["name"]]
+    namespace = _one("Deployment", "knative-xds")["metadata"]["namespace"]
+    assert {d["metadata"]["namespace"] for d in docs} == {namespace}

@@ -582,12 +582,16 @@ def test_domain_template_without_namespace_makes_namespaces_conflict() -> None:
     ],
     ids=["tag-host-is-the-main-host", "two-tags-one-host"],
 )
-def test_a_route_giving_one_host_twice_is_an_error(template: str, traffic: list) -> None:
+def test_a_tag_template_giving_one_host_twice_is_refused(template: str, traffic: list) -> None:
+    # A tag-template that does not vary with the tag would give a Route one host twice:
+    # the ConfigMap is refused and the default template keeps serving the Route.
     config = synth.config_map("config-network", {"tag-template": template})
     resolver, update = resolve([*base_world(), config, synth.route("hello", traffic)])
-    assert route_problems(resolver) == [("Route", "default/hello", "hosts")]
-    assert "given twice" in resolver.problems()[0].message
-    assert dict(update.state.ingresses) == {key("other"): OTHER}
+    assert route_problems(resolver) == [
+        ("ConfigMap", "knative-serving/config-network", "data.tag-template")
+    ]
+    assert "same name" in resolver.problems()[0].message
+    assert key("hello") in update.state.ingresses
 
 
 # With a dot in the tag-template, Route `hello` tagged `v2` answers inside at

@@ -15,12 +15,14 @@ async def test_a_change_submitted_during_the_first_load_waits_for_it_and_is_appl
     plane = new_plane()
     pipeline = plane.pipeline
     published: list[tuple[frozenset[str], int]] = []  # per snapshot: loaded types, tables
+    first_published = asyncio.Event()
     publish = plane.cache.apply
 
     def recording(*args, **kwargs):
         snapshot = publish(*args, **kwargs)
         if snapshot is not None:
             published.append((snapshot.loaded, len(snapshot.of(ROUTE))))
+            first_published.set()
         return snapshot
 
     plane.cache.apply = recording  # type: ignore[method-assign]
@@ -28,8 +30,10 @@ async def test_a_change_submitted_during_the_first_load_waits_for_it_and_is_appl
     try:
         # Several steps' worth of Routes, so the load yields to the loop in between.
         load = asyncio.create_task(pipeline.load(raw_objects(*many_routes(10 * ROUTES_PER_STEP))))
-        await asyncio.sleep(0)  # the load has published its clusters and now yields
-        assert published == [({CLUSTER, ENDPOINT, SECRET}, 0)]
+        async with asyncio.timeout(5):
+            await first_published.wait()
+        # The load has published its clusters and is building the tables: submit in between.
+        assert published == [({CLUSTER, ENDPOINT, SECRET}, 0)] and not load.done()
         moved = synth.route("route-0", [synth.target("r-0-b", 100)])
         pipeline.submit(raw_objects(synth.revision("r-0-b", ready=True), moved))
         await load

@@ -5,7 +5,7 @@ from __future__ import annotations
 from knative_xds.cache import Snapshot, SnapshotCache
 from knative_xds.model import Backend, Ingress, ObjectKey, Path, Rule, Split, Visibility
 from knative_xds.resources import CLUSTER, ENDPOINT, ROUTE, Resource
-from knative_xds.server.plan import plan_sotw
+from knative_xds.server.plan import plan_sotw, plan_type
 from knative_xds.server.subscription import Subscription
 from knative_xds.translate import Delta
 from knative_xds.translate.clusters import cluster_resource
@@ -65,3 +65,35 @@ def test_a_table_naming_an_eds_cluster_waits_for_its_endpoints_too() -> None:
     snapshot = published(EDS, table)
     out = plan_sotw(ROUTE, snapshot, an_envoy_holding_the_clusters(snapshot))
     assert out is None or table.name not in out.resources
+
+
+def test_planning_changes_no_subscription_and_reports_what_must_be_looked_at_again() -> None:
+    table = table_to(EDS.name)
+    snapshot = published(EDS, table)
+    subs = an_envoy_holding_the_clusters(snapshot)
+    before = {t: (set(s.recheck), s.sent, s.acked, s.responded) for t, s in subs.items()}
+
+    plan = plan_type(ROUTE, snapshot, subs, delta=False)
+
+    # The table waits for its endpoints: it is to be looked at again, and nothing changed.
+    assert table.name in plan.recheck
+    assert {t: (set(s.recheck), s.sent, s.acked, s.responded) for t, s in subs.items()} == before
+
+
+def test_delta_reconnect_keeps_a_held_cluster_until_the_client_answers() -> None:
+    """A cluster held from before a reconnect that the snapshot lacks is not removed in
+    the first answer: the client's route tables may not have been read yet."""
+    table = table_to(EDS.name)
+    snapshot = published(EDS, table)
+    cds = Subscription(CLUSTER)
+    cds.update_names((), ())
+    cds.seed_known({"default/gone:80": "v0"}, snapshot.of(CLUSTER))
+    subs = {CLUSTER: cds}
+
+    first = plan_type(CLUSTER, snapshot, subs, delta=True).out
+    assert first is not None and first.removed == ()
+
+    cds.record_sent("1", first.resources, version="v1", full_state=False, removed=first.removed)
+    cds.answer("1", None)
+    later = plan_type(CLUSTER, snapshot, subs, delta=True).out
+    assert later is not None and later.removed == ("default/gone:80",)

@@ -26,6 +26,7 @@ import knative_xds.resources
 from knative_xds import synth
 from knative_xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, Resource
 from knative_xds.translate import Stats
+from knative_xds.translate.edge import EDGE, buffer_limit, connection_limit, harden
 from tests.helpers import Gateway, ads, as_bytes, assert_proto_equal, packed, translated, world
 
 T = synth.target
@@ -75,18 +76,25 @@ def want_listener(name: str, port: int) -> listener_pb2.Listener:
         ],
         upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
     )
+    # The edge limits (their values are checked through Envoy in tests/e2e/test_edge.py).
+    harden(manager, EDGE, trusted_hops=0)
     return listener_pb2.Listener(
         name=name,
         address=address_pb2.Address(
             socket_address=address_pb2.SocketAddress(address="0.0.0.0", port_value=port)
         ),
+        per_connection_buffer_limit_bytes=buffer_limit(),
         filter_chains=[
             listener_components_pb2.FilterChain(
                 filters=[
                     listener_components_pb2.Filter(
+                        name="envoy.filters.network.connection_limit",
+                        typed_config=packed(connection_limit(name, EDGE)),
+                    ),
+                    listener_components_pb2.Filter(
                         name="envoy.filters.network.http_connection_manager",
                         typed_config=packed(manager),
-                    )
+                    ),
                 ]
             )
         ],
@@ -133,7 +141,7 @@ def busy_world() -> list[dict[str, Any]]:
 def hcm_of(gateway: Gateway, listener: str) -> hcm.HttpConnectionManager:
     [chain] = gateway.get(LISTENER, listener, listener_pb2.Listener).filter_chains
     manager = hcm.HttpConnectionManager()
-    assert chain.filters[0].typed_config.Unpack(manager)
+    assert chain.filters[-1].typed_config.Unpack(manager)
     return manager
 
 

@@ -21,6 +21,7 @@ from knative_xds import synth
 from knative_xds.model import ActivatorMode
 from knative_xds.model.kinds import BURST_CAPACITY_ANNOTATION
 from knative_xds.resources import CLUSTER, ENDPOINT
+from knative_xds.translate.edge import buffer_limit
 from tests.helpers import ads, assert_proto_equal, packed, translated, world
 
 T = synth.target
@@ -44,6 +45,7 @@ def want_cluster(name: str, *, h2c: bool = False) -> cluster_pb2.Cluster:
                 )
             ]
         ),
+        per_connection_buffer_limit_bytes=buffer_limit(),
     )
     if h2c:
         options = upstream_http.HttpProtocolOptions(

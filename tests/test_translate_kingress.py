@@ -47,6 +47,7 @@ from knative_xds.resources import (
     Resource,
 )
 from knative_xds.translate import GatewayConfig, Stats, Translator
+from knative_xds.translate.edge import EDGE, buffer_limit, connection_limit, harden
 from tests.helpers import Gateway, ads, assert_proto_equal, changes, deleted, packed
 from tests.kingress_fixtures import (
     CERT_PEM,
@@ -360,7 +361,7 @@ def manager(listener: str, fragments: int) -> hcm.HttpConnectionManager:
             name=":authority", index=0
         )
     )
-    return hcm.HttpConnectionManager(
+    out = hcm.HttpConnectionManager(
         stat_prefix=listener,
         codec_type=hcm.HttpConnectionManager.AUTO,
         strip_any_host_port=True,
@@ -377,6 +378,8 @@ def manager(listener: str, fragments: int) -> hcm.HttpConnectionManager:
         ],
         upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
     )
+    harden(out, EDGE, trusted_hops=0)
+    return out
 
 
 def sni_chain(secret: str, *server_names: str) -> lc.FilterChain:
@@ -396,9 +399,13 @@ def sni_chain(secret: str, *server_names: str) -> lc.FilterChain:
         ),
         filters=[
             lc.Filter(
+                name="envoy.filters.network.connection_limit",
+                typed_config=packed(connection_limit("external-tls", EDGE)),
+            ),
+            lc.Filter(
                 name="envoy.filters.network.http_connection_manager",
                 typed_config=packed(manager("external-tls", 3)),
-            )
+            ),
         ],
     )
 
@@ -409,6 +416,7 @@ def tls_listener(*chains: lc.FilterChain) -> listener_pb2.Listener:
         address=address_pb2.Address(
             socket_address=address_pb2.SocketAddress(address="0.0.0.0", port_value=8443)
         ),
+        per_connection_buffer_limit_bytes=buffer_limit(),
         listener_filters=[
             lc.ListenerFilter(
                 name="envoy.filters.listener.tls_inspector",
@@ -532,6 +540,7 @@ def base_cluster(name: str) -> cluster_pb2.Cluster:
                 )
             ]
         ),
+        per_connection_buffer_limit_bytes=buffer_limit(),
     )
 
 

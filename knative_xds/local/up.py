@@ -29,7 +29,7 @@ from ..envoy import (
     wait_ready,
 )
 from ..model import Problem, RawObject, State, Visibility
-from ..sources.base import Changes, Sink
+from ..sources.base import Changes, Sink, SourceEvent
 from ..sources.file import FileSource
 from .activator import LocalActivator
 from .runner import LocalRevisions, Runnable, slice_object
@@ -103,6 +103,12 @@ class _StartingRevisions:
 
     def set_source_problems(self, scope: str, problems: Iterable[Problem]) -> None:
         self._sink.set_source_problems(scope, problems)
+
+    def source_health(self, scope: str, healthy: bool, detail: str = "") -> None:
+        self._sink.source_health(scope, healthy, detail)
+
+    def source_event(self, event: SourceEvent) -> None:
+        self._sink.source_event(event)
 
     def publish(self, changes: Changes) -> None:
         # Before the first load a started revision's slice joins it: submitted, it could

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import probe
 from .kinds import INGRESS_CLASS_ANNOTATION, REVISION_LABEL
-from .objects import ObjectError, RawObject, get, in_list, string_map
+from .objects import ObjectError, RawObject, dns_subdomain_error, get, in_list, string_map
 from .types import Certificate, Headers, HttpOption, ObjectKey, Protocol, Visibility
 
 VISIBILITIES = {"ExternalIP": Visibility.EXTERNAL, "ClusterLocal": Visibility.CLUSTER_LOCAL}
@@ -131,6 +131,11 @@ def _rule(ns: str, rule: Mapping[str, Any]) -> RuleSpec:
     hosts = tuple(_strings(rule, "hosts"))
     if not hosts:
         raise ObjectError("hosts", "must list at least one host")
+    for i, host in enumerate(hosts):
+        # A wildcard's `*.` aside, a host is a DNS name: Envoy rejects the whole table otherwise.
+        why = dns_subdomain_error(host.removeprefix("*."))
+        if why is not None:
+            raise ObjectError(f"hosts[{i}]", why)
     # Knative defaults an empty visibility to ExternalIP (ingress_defaults.go).
     visibility = get(rule, "visibility", str, "") or "ExternalIP"
     if visibility not in VISIBILITIES:

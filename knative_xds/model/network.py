@@ -12,9 +12,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-import yaml
-
-from .objects import ObjectError, RawObject, string_map
+from . import yamltext
+from .objects import (
+    ObjectError,
+    RawObject,
+    dns_subdomain_error,
+    string_map,
+)
 from .types import ActivatorMode
 
 DEFAULT_DOMAIN = "example.com"
@@ -23,6 +27,8 @@ DEFAULT_DOMAIN_TEMPLATE = "{{.Name}}.{{.Namespace}}.{{.Domain}}"
 DEFAULT_TAG_TEMPLATE = "{{.Tag}}-{{.Name}}"
 
 _FIELD = re.compile(r"\{\{\s*\.(\w+)\s*\}\}")
+# A selector is a few labels: a value this big is a mistake or an attack, not a selector.
+_SELECTOR_LIMITS = yamltext.Limits(max_bytes=64 * 1024, max_depth=8, max_nodes=10_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +70,50 @@ def _check_template(key: str, template: str, allowed: set[str]) -> str:
             raise ObjectError(
                 f"data.{key}", f"unknown field .{name}; use {', '.join(sorted(allowed))}"
             )
+    rest = _FIELD.sub("", template)
+    if "{{" in rest or "}}" in rest:
+        # Go's pipes, functions and conditionals ({{.Name | lower}}, {{if}}) are not run here.
+        raise ObjectError(
+            f"data.{key}",
+            f"{template[:100]!r}: only plain fields like {{{{.Name}}}} are supported"
+            " (no pipes '|', functions or conditionals)",
+        )
     return template
+
+
+# Knative checks a template by running it on sample values; two samples also show
+# whether it gives each Route its own host.
+_SAMPLES = (
+    {"Name": "foo", "Namespace": "bar", "Domain": "baz.com", "Tag": ""},
+    {"Name": "qux", "Namespace": "quux", "Domain": "baz.com", "Tag": ""},
+)
+
+
+def _check_domain_template(template: str) -> None:
+    hosts = [render(template, **v).lower() for v in _SAMPLES]
+    for host in hosts:
+        why = dns_subdomain_error(host)
+        if why is not None:
+            raise ObjectError(
+                "data.domain-template", f"gives host {host!r} for a sample Route: {why}"
+            )
+    if hosts[0] == hosts[1]:
+        raise ObjectError(
+            "data.domain-template",
+            f"gives every Route the same host {hosts[0]!r}: use {{{{.Name}}}} in it",
+        )
+
+
+def _check_tag_template(template: str) -> None:
+    names = [render(template, Name="foo", Tag=tag) for tag in ("v1", "v2")]
+    for name in names:
+        why = dns_subdomain_error(name.lower())
+        if why is not None:
+            raise ObjectError("data.tag-template", f"gives {name!r} for a sample tag: {why}")
+    if names[0] == names[1]:
+        raise ObjectError(
+            "data.tag-template", f"gives every tag the same name {names[0]!r}: use {{{{.Tag}}}}"
+        )
 
 
 def parse_config_domain(raw: RawObject, base: NetworkConfig) -> NetworkConfig:
@@ -73,13 +122,16 @@ def parse_config_domain(raw: RawObject, base: NetworkConfig) -> NetworkConfig:
     for domain, value in sorted(data.items()):
         if domain.startswith("_"):  # Knative's `_example` documentation key
             continue
+        why = dns_subdomain_error(domain)
+        if why is not None:
+            raise ObjectError(f"data.{domain[:100]}", f"is not a domain: {why}")
         selector: tuple[tuple[str, str], ...] = ()
         text = str(value or "").strip()
         if text:
             try:
-                parsed = yaml.safe_load(text)
-            except yaml.YAMLError as e:
-                raise ObjectError(f"data.{domain}", f"is not valid YAML: {e}") from None
+                parsed = yamltext.load(text, _SELECTOR_LIMITS)
+            except yamltext.YamlError as e:
+                raise ObjectError(f"data.{domain}", f"is not a valid selector: {e}") from None
             labels = parsed.get("selector") if isinstance(parsed, Mapping) else None
             if not isinstance(labels, Mapping):
                 raise ObjectError(f"data.{domain}", "must be empty or 'selector: {label: value}'")
@@ -98,6 +150,8 @@ def parse_config_network(raw: RawObject, base: NetworkConfig) -> NetworkConfig:
     tag_t = _check_template(
         "tag-template", str(data.get("tag-template", DEFAULT_TAG_TEMPLATE)), {"Name", "Tag"}
     )
+    _check_domain_template(domain_t)
+    _check_tag_template(tag_t)
     header = str(data.get("tag-header-based-routing", "disabled")).lower()
     if header not in ("enabled", "disabled", "true", "false"):
         raise ObjectError("data.tag-header-based-routing", "must be 'enabled' or 'disabled'")
@@ -110,9 +164,15 @@ def parse_config_network(raw: RawObject, base: NetworkConfig) -> NetworkConfig:
 
 
 def external_host(config: NetworkConfig, *, name: str, namespace: str, domain: str) -> str:
-    return render(
+    """The Route's public host; ObjectError (`metadata.name`) when it is no valid DNS name,
+    as a long name with a long tag can make it (Knative refuses such a Route too)."""
+    host = render(
         config.domain_template, Name=name, Namespace=namespace, Domain=domain, Tag=""
     ).lower()
+    why = dns_subdomain_error(host)
+    if why is not None:
+        raise ObjectError("metadata.name", f"gives host {host[:100]!r}: {why}")
+    return host
 
 
 def tag_name(config: NetworkConfig, *, name: str, tag: str) -> str:

@@ -10,6 +10,7 @@ live in `resolve.py`.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import marshal
 import re
 from collections.abc import Callable, Mapping
@@ -31,6 +32,13 @@ T = TypeVar("T")
 
 # RFC 1035 label, as Knative validates tags.
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# RFC 1123 label and subdomain, as Kubernetes validates names (apimachinery's IsDNS1123*).
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+LABEL_MAX = 63
+SUBDOMAIN_MAX = 253
+# Kinds whose names Knative or Kubernetes require to be one DNS label (they become a
+# host's first label or a Service's DNS name); other names are DNS subdomains.
+_LABEL_NAMED = frozenset({"Route", "Revision", "Configuration", "Service"})
 
 
 def fingerprint(body: Mapping[str, Any]) -> bytes:
@@ -161,6 +169,61 @@ class EndpointSliceSpec:
         return tuple(Endpoint(a, port) for a in self.addresses)
 
 
+# -- names and hosts, as Kubernetes and Knative validate them -------------------------
+
+
+def dns_label_error(value: str) -> str | None:
+    """Why `value` is not a DNS-1123 label, or None when it is one."""
+    if not value:
+        return "must not be empty"
+    if len(value) > LABEL_MAX:
+        return f"is {len(value)} characters, over the {LABEL_MAX} a DNS label may have"
+    if not _DNS1123_LABEL.match(value):
+        return (
+            f"{_shown(value)} is not a DNS-1123 label (lower case letters, digits and '-',"
+            " starting and ending with a letter or digit)"
+        )
+    return None
+
+
+def dns_subdomain_error(value: str) -> str | None:
+    """Why `value` is not a DNS-1123 subdomain (dot-separated labels), or None."""
+    if not value:
+        return "must not be empty"
+    if len(value) > SUBDOMAIN_MAX:
+        return f"is {len(value)} characters, over the {SUBDOMAIN_MAX} a DNS name may have"
+    for label in value.split("."):
+        why = dns_label_error(label)
+        if why is not None:
+            return (
+                f"{_shown(value)}: label {_shown(label)} {why}"
+                if label
+                else (f"{_shown(value)} has an empty label (two dots, or a dot at an end)")
+            )
+    return None
+
+
+def check_key(raw: RawObject) -> None:
+    """The object's namespace and name as Kubernetes would have admitted them.
+
+    A file can hold anything: a CRLF in a name ends up in a route name Envoy
+    rejects (and NACKs the whole table), a space or `/..` in a namespace in a
+    cluster name. Raises ObjectError on `metadata.namespace` or `metadata.name`.
+    """
+    why = dns_label_error(raw.key.namespace)
+    if why is not None:
+        raise ObjectError("metadata.namespace", why)
+    name = raw.key.name
+    why = dns_label_error(name) if raw.kind in _LABEL_NAMED else dns_subdomain_error(name)
+    if why is not None:
+        raise ObjectError("metadata.name", why)
+
+
+def _shown(value: str) -> str:
+    """A value for an error message: quoted with escapes, and cut when it is long."""
+    return repr(value) if len(value) <= 80 else f"{value[:60]!r}... ({len(value)} characters)"
+
+
 # -- small typed getters that name the field on error ---------------------------------
 
 
@@ -245,6 +308,10 @@ def _parse_target(index: int, target: Any) -> TrafficSpec:
         raise ObjectError(f"{at}.{e.field}", e.message) from None
     if bool(revision) == bool(configuration):
         raise ObjectError(at, "set exactly one of revisionName and configurationName")
+    for field_name, value in (("revisionName", revision), ("configurationName", configuration)):
+        why = dns_label_error(value) if value else None
+        if why is not None:
+            raise ObjectError(f"{at}.{field_name}", why)
     if latest is not None and not isinstance(latest, bool):
         raise ObjectError(f"{at}.latestRevision", f"must be true or false, got {latest!r}")
     if revision and latest is True:
@@ -253,8 +320,11 @@ def _parse_target(index: int, target: Any) -> TrafficSpec:
         raise ObjectError(f"{at}.latestRevision", "may not be false with configurationName")
     if not 0 <= percent <= 100:
         raise ObjectError(f"{at}.percent", f"must be between 0 and 100, got {percent}")
-    if tag is not None and not _DNS1035.match(tag):
-        raise ObjectError(f"{at}.tag", f"{tag!r} is not a DNS-1035 label (lower case, digits, '-')")
+    if tag is not None and (len(tag) > LABEL_MAX or not _DNS1035.match(tag)):
+        raise ObjectError(
+            f"{at}.tag",
+            f"{_shown(tag)} is not a DNS-1035 label (lower case, digits, '-', at most 63)",
+        )
     return TrafficSpec(revision, configuration, percent, tag)
 
 
@@ -328,7 +398,8 @@ def parse_endpoint_slice(raw: RawObject) -> EndpointSliceSpec:
             addrs = get(ep, "addresses", list, [])
         except ObjectError as e:
             raise ObjectError(f"endpoints[{i}].{e.field}", e.message) from None
-        addresses.extend(str(a) for a in addrs)
+        for j, a in enumerate(addrs):
+            addresses.append(_ip(f"endpoints[{i}].addresses[{j}]", a))
     ports: list[tuple[str, int]] = []
     for i, p in enumerate(get(raw.body, "ports", list, [])):
         if not isinstance(p, Mapping):
@@ -345,6 +416,14 @@ def parse_endpoint_slice(raw: RawObject) -> EndpointSliceSpec:
         addresses=tuple(sorted(set(addresses))),
         ports=tuple(ports),
     )
+
+
+def _ip(at: str, value: Any) -> str:
+    """An endpoint address: an IP, as Envoy's EDS requires (it NACKs a name or `999.1.1.1`)."""
+    try:
+        return str(ipaddress.ip_address(value if isinstance(value, str) else ""))
+    except ValueError:
+        raise ObjectError(at, f"{_shown(str(value))} is not an IP address") from None
 
 
 def is_activator_slice(spec: EndpointSliceSpec) -> bool:

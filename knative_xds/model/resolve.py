@@ -50,6 +50,7 @@ from .objects import (
     ObjectError,
     RawObject,
     RouteSpec,
+    check_key,
     parse_configuration,
     parse_endpoint_slice,
     parse_revision,
@@ -244,6 +245,7 @@ class Resolver:
         if parser is None:  # ConfigMaps are read as a whole in _read_network
             return True
         try:
+            check_key(raw)
             self._specs[ident] = parser(raw)
             self._parse_problems.pop(ident, None)
         except ObjectError as e:
@@ -251,6 +253,8 @@ class Resolver:
             self._parse_problems[ident] = Problem(
                 raw.origin, ident[0], str(ident[1]), e.field, e.message
             )
+        except Exception as e:  # one object must never stop the pipeline
+            self._parse_problems[ident] = _unexpected(raw.origin, ident, e)
         return True
 
     def _read_network(self) -> net.NetworkConfig:
@@ -267,9 +271,11 @@ class Resolver:
             try:
                 config = read(raw, config)
                 self._parse_problems.pop(ident, None)
-            except ObjectError as e:
-                self._parse_problems[ident] = Problem(
-                    raw.origin, CONFIG_MAP, str(ident[1]), e.field, e.message
+            except Exception as e:  # a ConfigMap must never stop the pipeline
+                self._parse_problems[ident] = (
+                    Problem(raw.origin, CONFIG_MAP, str(ident[1]), e.field, e.message)
+                    if isinstance(e, ObjectError)
+                    else _unexpected(raw.origin, ident, e)
                 )
                 kept = self._specs.get(ident)
                 if isinstance(kept, net.NetworkConfig):
@@ -323,9 +329,13 @@ class Resolver:
         try:
             ingress = self._build(ident, spec, deps)
             ingress = self._hosts.claim(ingress, self._ingresses)
-        except ObjectError as e:
+        except Exception as e:  # one Ingress must never stop the pipeline
             self._set_deps(ident, deps)
-            self._ingress_problems[ident] = Problem(origin, kind, str(key), e.field, e.message)
+            self._ingress_problems[ident] = (
+                Problem(origin, kind, str(key), e.field, e.message)
+                if isinstance(e, ObjectError)
+                else _unexpected(origin, ident, e)
+            )
             return  # the last good resolution, if any, keeps serving
         self._set_deps(ident, deps)
         self._ingress_problems.pop(ident, None)
@@ -369,6 +379,15 @@ class Resolver:
     def _slice(self, key: ObjectKey) -> EndpointSliceSpec | None:
         spec = self._specs.get((ENDPOINT_SLICE, key))
         return spec if isinstance(spec, EndpointSliceSpec) else None
+
+
+def _unexpected(origin: str, ident: Ident, error: Exception) -> Problem:
+    """An error no rule foresaw, as the object's Problem: the rest keeps being served."""
+    text = str(error)
+    text = text if len(text) <= 200 else f"{text[:200]}..."
+    return Problem(
+        origin, ident[0], str(ident[1]), "", f"cannot be read ({type(error).__name__}: {text})"
+    )
 
 
 def read_kept(kept: net.NetworkConfig, config: net.NetworkConfig, name: str) -> net.NetworkConfig:

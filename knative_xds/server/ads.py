@@ -16,15 +16,18 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError, Message
 
 from ..cache import ConfigCache
+from . import csds
 from .callbacks import Callbacks, Fanout, NackLog
-from .stream import ProtocolError, Stream
-from .subscription import Nack
+from .limits import DEFAULT_LIMITS, MAX_REQUEST_BYTES, Limits
+from .stream import ProtocolError, Stream, StuckClient
+from .subscription import Nack, release_names
+from .tls import TlsFiles, server_credentials
 
 log = logging.getLogger(__name__)
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 _OPTIONS = [
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
     ("grpc.max_send_message_length", -1),
     # Envoy keeps one long-lived stream; let it ping to keep NATs and proxies from cutting it.
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -71,9 +74,17 @@ class AdsServer:
     given here or added later with `observe`; the NACK log is one of them.
     """
 
-    def __init__(self, cache: ConfigCache, callbacks: Iterable[Callbacks] = ()) -> None:
+    def __init__(
+        self,
+        cache: ConfigCache,
+        callbacks: Iterable[Callbacks] = (),
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
         self.cache = cache
+        self.limits = limits
         self.streams: dict[int, Stream] = {}
+        # Streams open (or waiting for the first state) per peer address.
+        self.per_peer: dict[str, int] = {}
         self._nack_log = NackLog()
         self.callbacks = Fanout((self._nack_log, *callbacks))
 
@@ -115,13 +126,37 @@ class AdsServer:
     async def _serve(
         self, requests: AsyncIterator, context: grpc.aio.ServicerContext, *, delta: bool
     ) -> None:
+        address = peer_address(context.peer())
+        open_here = self.per_peer.get(address, 0)
+        if open_here >= self.limits.max_streams_per_peer:
+            log.warning("refused a stream from %s: %d already open", address, open_here)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{address} has {open_here} ADS streams open, the most one address may hold; "
+                "close one first",
+            )
+        self.per_peer[address] = open_here + 1
+        try:
+            await self._serve_counted(requests, context, delta=delta)
+        finally:
+            left = self.per_peer.pop(address) - 1
+            if left:
+                self.per_peer[address] = left
+
+    async def _serve_counted(
+        self, requests: AsyncIterator, context: grpc.aio.ServicerContext, *, delta: bool
+    ) -> None:
         if self.cache.current() is None:
             # An empty first push would wipe a running gateway, so nothing is read or sent
             # before the first state. The stream waits for it rather than being refused:
             # a refused Envoy backs off (up to seconds) and would come back late.
             await self._first_state()
         stream = Stream(
-            cache=self.cache, delta=delta, peer=context.peer(), callbacks=self.callbacks
+            cache=self.cache,
+            delta=delta,
+            peer=context.peer(),
+            callbacks=self.callbacks,
+            limits=self.limits,
         )
         self.streams[stream.status.id] = stream
         self.callbacks.on_stream_open(stream.status)
@@ -139,10 +174,19 @@ class AdsServer:
                 "stream %s (%s): %s", stream.status.id, stream.status.node_id or "?", message
             )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        except* StuckClient as group:
+            message = str(group.exceptions[0])
+            log.warning(
+                "stream %s (%s): %s", stream.status.id, stream.status.node_id or "?", message
+            )
+            await context.abort(grpc.StatusCode.UNAVAILABLE, message)
         finally:
             del self.streams[stream.status.id]
             self.callbacks.on_stream_close(stream.status)
             log.info("stream %s closed (%s)", stream.status.id, stream.status.node_id or "?")
+            # The name sets it shared (100,000 names, perhaps) go with it, unless another
+            # stream still uses them.
+            release_names(stream.status.subs.values())
 
     async def _first_state(self) -> None:
         published = asyncio.Event()
@@ -155,11 +199,27 @@ class AdsServer:
             cancel()
 
 
-async def start(ads: AdsServer, address: str) -> tuple[grpc.aio.Server, int]:
-    """Start serving on `address` (`host:port`, port 0 picks one); return the server and port."""
+def peer_address(peer: str) -> str:
+    """The client's IP address from gRPC's peer string (`ipv4:1.2.3.4:5`, `ipv6:[::1]:5`)."""
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return peer  # a Unix socket or an unknown transport: the whole string
+    host = rest.rsplit(":", 1)[0]
+    return host.strip("[]")
+
+
+async def start(
+    ads: AdsServer, address: str, tls: TlsFiles | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """Start serving ADS and CSDS on `address` (`host:port`, port 0 picks one); return the
+    server and port. With `tls`, over TLS; with its CA, only to clients it signed."""
     server = grpc.aio.server(options=_OPTIONS)
     server.add_generic_rpc_handlers((ads.handler(),))
-    port = server.add_insecure_port(address)
+    csds.add_to(server, ads)
+    if tls is not None:
+        port = server.add_secure_port(address, server_credentials(tls))
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not listen on {address} for xDS: is the port in use?")
     await server.start()

@@ -32,6 +32,9 @@ class StreamStatus:
     cluster: str = ""
     subs: dict[str, Subscription] = field(default_factory=dict)
     decisions: dict[str, int] = field(default_factory=dict)
+    # When the send under way began (monotonic clock), None between sends: a client
+    # that stopped reading shows here until the send deadline cuts its stream.
+    sending_since: float | None = None
 
 
 class Callbacks:
@@ -105,13 +108,30 @@ NO_CALLBACKS = Callbacks()
 
 
 class NackLog(Callbacks):
-    """The last rejection per (node id, type URL): what an operator asks first."""
+    """The last rejection per (node id, type URL): what an operator asks first.
+
+    Kept while a stream of that node is open: a client that connects under a
+    thousand node ids must not make it grow without end. Each message is already
+    cut to `limits.MAX_NACK_TEXT` by the subscription.
+    """
 
     def __init__(self) -> None:
         self.nacks: dict[tuple[str, str], Nack] = {}
+        self._streams: dict[str, set[int]] = {}  # node id → its open streams that spoke
 
     def on_request(
         self, status: StreamStatus, type_url: str, decision: Decision, nack: Nack | None
     ) -> None:
+        self._streams.setdefault(status.node_id, set()).add(status.id)
         if nack is not None:
             self.nacks[(status.node_id, type_url)] = nack
+
+    def on_stream_close(self, status: StreamStatus) -> None:
+        streams = self._streams.get(status.node_id)
+        if streams is None:
+            return
+        streams.discard(status.id)
+        if not streams:
+            del self._streams[status.node_id]
+            for key in [k for k in self.nacks if k[0] == status.node_id]:
+                del self.nacks[key]

@@ -45,6 +45,16 @@ class Outgoing:
     renewed: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What planning one type decided; the stream applies it (planning changes nothing)."""
+
+    out: Outgoing | None
+    # Names to evaluate on the next plan even if the snapshot does not change them:
+    # those found waiting now, plus earlier ones this plan did not look at.
+    recheck: frozenset[str]
+
+
 @dataclass(slots=True)
 class _Context:
     """One planning pass: the snapshot, the subscriptions, and what it found waiting."""
@@ -63,6 +73,18 @@ class _Context:
             return None
         # Still named by a route table the client holds or is applying.
         return kept if rds.holds_ref(cluster) else None
+
+    def may_name(self, type_url: str, cluster: str) -> bool:
+        """Delta reconnect: may a route table the client holds still name this cluster?
+
+        Until the client answers a response of this type on this stream, requests it
+        wrote earlier (its route tables' versions) may not have been read yet; then, a
+        table it holds that we never sent may name anything.
+        """
+        sub, rds = self.subs[type_url], self.subs.get(ROUTE)
+        if not sub.acked_version:
+            return True
+        return rds is not None and (not rds.knows_held() or rds.holds_ref(cluster))
 
     def holds_every_cluster(self) -> bool:
         """Has the client accepted this snapshot's very clusters and endpoints?
@@ -133,7 +155,7 @@ def _ready(table: Resource, subs: Subscriptions, clusters: Mapping[str, Resource
 def _all_names(type_url: str, ctx: _Context) -> set[str]:
     sub = ctx.subs[type_url]
     names = set(ctx.snapshot.of(type_url)) if sub.wildcard else set(sub.names)
-    return names.union(sub.sent.keys(), sub.unsettled)
+    return names.union(sub.sent.keys(), sub.unsettled, sub.held_gone)
 
 
 def _desired(type_url: str, names: Iterable[str], ctx: _Context) -> dict[str, Resource]:
@@ -156,18 +178,44 @@ def _candidates(type_url: str, ctx: _Context, only: set[str] | None) -> set[str]
     sub = ctx.subs[type_url]
     if only is None:
         return _all_names(type_url, ctx)
-    return only | sub.recheck | sub.unsettled
+    return only | sub.recheck | sub.unsettled | sub.held_gone
+
+
+def plan_type(
+    type_url: str,
+    snapshot: Snapshot,
+    subs: Subscriptions,
+    only: set[str] | None = None,
+    *,
+    delta: bool,
+) -> Plan:
+    """Plan one type for one client: a pure function of the snapshot and subscriptions."""
+    sub = subs[type_url]
+    ctx = _Context(snapshot, subs)
+    candidates = _candidates(type_url, ctx, only)
+    plan = _delta if delta else _sotw
+    out = plan(type_url, snapshot, sub, candidates, ctx)
+    # Read after planning: `ctx.waiting` is what this pass found held back.
+    return Plan(out, frozenset((sub.recheck - candidates) | ctx.waiting))
 
 
 def plan_sotw(
     type_url: str, snapshot: Snapshot, subs: Subscriptions, only: set[str] | None = None
 ) -> Outgoing | None:
-    sub = subs[type_url]
-    ctx = _Context(snapshot, subs)
-    candidates = _candidates(type_url, ctx, only)
+    return plan_type(type_url, snapshot, subs, only, delta=False).out
+
+
+def plan_delta(
+    type_url: str, snapshot: Snapshot, subs: Subscriptions, only: set[str] | None = None
+) -> Outgoing | None:
+    return plan_type(type_url, snapshot, subs, only, delta=True).out
+
+
+def _sotw(
+    type_url: str, snapshot: Snapshot, sub: Subscription, candidates: set[str], ctx: _Context
+) -> Outgoing | None:
     evaluate = _evaluator(type_url, ctx)
     evaluated = {n: evaluate(n) for n in candidates}
-    sub.recheck = _still(sub, candidates, ctx)
     changed = {n: r for n, r in evaluated.items() if r is not None and _differs(r, sub.sent.get(n))}
     version = snapshot.version(type_url)
     if type_url in FULL_STATE_TYPES:
@@ -228,14 +276,10 @@ def _full_set(
         return desired.finish()
 
 
-def plan_delta(
-    type_url: str, snapshot: Snapshot, subs: Subscriptions, only: set[str] | None = None
+def _delta(
+    type_url: str, snapshot: Snapshot, sub: Subscription, candidates: set[str], ctx: _Context
 ) -> Outgoing | None:
-    sub = subs[type_url]
-    ctx = _Context(snapshot, subs)
-    candidates = _candidates(type_url, ctx, only)
     desired = _desired(type_url, candidates, ctx)
-    sub.recheck = _still(sub, candidates, ctx)
     changed = {n: r for n, r in desired.items() if _differs(r, sub.sent.get(n))}
     changed.update({n: desired[n] for n in sub.unsettled if n in desired})
     removed = {n for n in candidates if n not in desired and (n in sub.sent or n in sub.unsettled)}
@@ -244,26 +288,20 @@ def plan_delta(
     removed |= {
         n
         for n in candidates
-        if n in sub.names and n not in available and n not in sub.sent and n not in sub.told_missing
+        if n in sub.names
+        and n not in available
+        and n not in sub.sent
+        and n not in sub.told_missing
+        and n not in sub.held_gone
     }
+    # Held from before a reconnect and gone: removed once no route table may name it.
+    removed |= {n for n in sub.held_gone if n not in desired and not ctx.may_name(type_url, n)}
     if changed or removed or not sub.responded:
         return _changes(type_url, snapshot, changed, sub, tuple(sorted(removed)))
     return None
-
-
-def _still(sub: Subscription, candidates: set[str], ctx: _Context) -> set[str]:
-    """Names still waiting: those found waiting now, plus earlier ones not looked at."""
-    return (sub.recheck - candidates) | ctx.waiting
 
 
 def _renewed(type_url: str, changed: Mapping[str, Resource], sub: Subscription) -> tuple[str, ...]:
     if type_url != CLUSTER:
         return ()
     return tuple(n for n in changed if n in sub.sent)
-
-
-def after_send(out: Outgoing, subs: Subscriptions) -> None:
-    """Bookkeeping that crosses types once a response is on its way."""
-    eds = subs.get(ENDPOINT)
-    if out.renewed and eds is not None:
-        eds.forget_sent(out.renewed)

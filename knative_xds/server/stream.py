@@ -11,16 +11,18 @@ import asyncio
 import functools
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from ..cache import ConfigCache, Snapshot
-from ..resources import PUSH_ORDER, short
+from ..resources import ENDPOINT, PUSH_ORDER, short
 from .callbacks import NO_CALLBACKS, Callbacks, StreamStatus
 from .decide import classify_delta, classify_sotw
-from .plan import Outgoing, after_send, plan_delta, plan_sotw
+from .limits import DEFAULT_LIMITS, Limits, truncated
+from .plan import Outgoing, plan_type
 from .subscription import Decision, Nack, Subscription
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,10 @@ class ProtocolError(Exception):
     """A request the server cannot serve; the stream ends with INVALID_ARGUMENT."""
 
 
+class StuckClient(Exception):
+    """The client read nothing for longer than the send deadline; the stream ends UNAVAILABLE."""
+
+
 Send = Callable[[bytes], Awaitable[None]]
 
 
@@ -50,8 +56,10 @@ class Stream:
         delta: bool,
         peer: str,
         callbacks: Callbacks = NO_CALLBACKS,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._cache = cache
+        self._limits = limits
         self._delta = delta
         self._callbacks = callbacks
         self._wake = asyncio.Event()
@@ -116,6 +124,7 @@ class Stream:
             # A repeated first request: the client may have lost its state; resend all.
             sub.restart()
         if decision is not Decision.STALE:
+            self._check_names(type_url, len(request.resource_names))
             sub.set_names(request.resource_names)
         self._log(decision, type_url, request.response_nonce, sub)
         self._callbacks.on_request(self.status, type_url, decision, nack)
@@ -130,9 +139,18 @@ class Stream:
             if snapshot is not None and request.initial_resource_versions:
                 sub.seed_known(request.initial_resource_versions, snapshot.of(type_url))
         nack = self._answer(sub, request.response_nonce, request)
+        self._check_names(type_url, len(request.resource_names_subscribe))
         sub.update_names(request.resource_names_subscribe, request.resource_names_unsubscribe)
+        self._check_names(type_url, len(sub.names))
         self._log(decision, type_url, request.response_nonce, sub)
         self._callbacks.on_request(self.status, type_url, decision, nack)
+
+    def _check_names(self, type_url: str, count: int) -> None:
+        if count > self._limits.max_names:
+            raise ProtocolError(
+                f"{short(type_url)} request names {count} resources; at most "
+                f"{self._limits.max_names} may be subscribed on one stream"
+            )
 
     def _answer(self, sub: Subscription, nonce: str, request) -> Nack | None:
         """Apply the ACK or NACK a request carries; the rejection, if it was one."""
@@ -144,7 +162,11 @@ class Stream:
         # The rejected version is not resent: `sent` still holds it, so plan sees
         # nothing new until the snapshot changes.
         log.warning(
-            "NACK %s %s nonce=%s: %s", self.status.node_id, short(sub.type_url), nonce, error
+            "NACK %s %s nonce=%s: %s",
+            self.status.node_id,
+            short(sub.type_url),
+            nonce,
+            truncated(error or ""),
         )
         return sub.last_nack
 
@@ -186,14 +208,24 @@ class Stream:
                     full_state=out.full_state,
                     removed=out.removed,
                 )
-                after_send(out, self.subs)
+                self._after_send(out)
                 data = self._encode(out, nonce, snapshot)
                 size = len(data)
                 try:
                     # Handed over, not kept: a full response of 10,000 route tables is
                     # megabytes, and a hundred idle streams would each hold their last.
-                    await send(data)
+                    self.status.sending_since = time.monotonic()
+                    async with asyncio.timeout(self._limits.send_deadline):
+                        await send(data)
+                    self.status.sending_since = None
                     del data
+                except TimeoutError:
+                    # A client that stopped reading: its stream would hold this response
+                    # (and its slot) forever. Only its own writer waited; others went on.
+                    raise StuckClient(
+                        f"the client read nothing for {self._limits.send_deadline:g} s; "
+                        "the stream is closed, reconnect to resume"
+                    ) from None
                 except Exception as e:
                     # The transport is gone (the client died or reset): there is no one left
                     # to send to, so the stream ends here rather than as a server error.
@@ -210,13 +242,20 @@ class Stream:
         only: set[str] | None = None
         if sub.responded and sub.planned_at >= 0 and sub.planned_epoch == sub.names_epoch:
             only = self._cache.changed_since(type_url, sub.planned_at)
-            if only is not None and not (only or sub.recheck or sub.unsettled):
+            if only is not None and not (only or sub.recheck or sub.unsettled or sub.held_gone):
                 return None
-        plan = plan_delta if self._delta else plan_sotw
-        out = plan(type_url, snapshot, self.subs, only)
+        plan = plan_type(type_url, snapshot, self.subs, only, delta=self._delta)
+        sub.recheck = set(plan.recheck)
         sub.planned_at = snapshot.counters.get(type_url, 0)
         sub.planned_epoch = sub.names_epoch
-        return out
+        return plan.out
+
+    def _after_send(self, out: Outgoing) -> None:
+        """Bookkeeping that crosses types once a response is on its way: a cluster sent
+        anew has its endpoints sent again (Envoy re-warms it but does not ask for them)."""
+        eds = self.subs.get(ENDPOINT)
+        if out.renewed and eds is not None:
+            eds.forget_sent(out.renewed)
 
     def _encode(self, out: Outgoing, nonce: str, snapshot: Snapshot) -> bytes:
         """Header fields, then the shared per-resource entries: bytes are never re-serialized."""

@@ -15,13 +15,15 @@ wildcard explicitly. Once a client has named anything, an empty list means
 from __future__ import annotations
 
 import enum
+import sys
 import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from immutables import Map
 
-from ..resources import ROUTE, Resource
+from ..resources import CLUSTER, ENDPOINT, ROUTE, Resource
+from .limits import truncated
 
 WILDCARD = "*"
 EMPTY: Map = Map()
@@ -55,7 +57,7 @@ class InFlight:
     removed: frozenset[str]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class Subscription:
     type_url: str
     wildcard: bool = False
@@ -85,6 +87,15 @@ class Subscription:
     # again if the client still gets them, else listed removed. Unsubscribing a name the
     # wildcard still covers, and holding a name on reconnect that is gone, put them here.
     unsettled: set[str] = field(default_factory=set)
+    # Delta clusters and endpoints a reconnecting client holds that are gone: not listed
+    # removed until its route tables are known not to name them (make before break
+    # across a control-plane restart, whose new process never saw those tables).
+    held_gone: set[str] = field(default_factory=set)
+    # Delta route tables a reconnecting client holds whose content we do not know (a
+    # version we did not make): until each is sent anew or removed, any cluster may be named.
+    held_unknown: set[str] = field(default_factory=set)
+    # A repeated first request: the route-table counts are rebuilt at the next ACK.
+    recount: bool = False
     # Names to evaluate on the next plan even if the snapshot did not change them:
     # names just asked for, route tables held back, clusters kept for old routes,
     # endpoints to resend.
@@ -154,9 +165,16 @@ class Subscription:
 
         Not having responded makes the next plan look at every name; the changelog
         alone would find nothing new, and nothing would be sent.
+
+        What it accepted is forgotten, so a route table waits for its clusters to be
+        accepted again. The route tables it may still hold keep their clusters alive
+        (`held_refs` is kept) until it accepts what this restart sends; then the
+        counts are rebuilt from what it holds by then.
         """
         self.sent = EMPTY
         self.responded = False
+        self.acked = EMPTY
+        self.recount = self.type_url == ROUTE
 
     def _forget(self, names: Iterable[str]) -> None:
         for n in names:
@@ -170,13 +188,16 @@ class Subscription:
         What it holds that no longer exists must be listed removed, or it keeps it forever.
         """
         self.names_epoch += 1
+        keeps_removed = self.type_url in (CLUSTER, ENDPOINT)
         for name, version in versions.items():
             current = available.get(name)
             if current is None:
-                self.unsettled.add(name)
+                (self.held_gone if keeps_removed else self.unsettled).add(name)
             elif current.version == version:
                 self.sent = self.sent.set(name, current)
                 self._set_accepted(name, current)
+            if self.type_url == ROUTE and (current is None or current.version != version):
+                self.held_unknown.add(name)
 
     # -- what was sent and answered ---------------------------------------------------
 
@@ -203,6 +224,10 @@ class Subscription:
         self.told_missing |= {n for n in removed if n in self.names}
         # The response was planned from this state, so it settled every unsettled name.
         self.unsettled.clear()
+        if self.held_gone:
+            self.held_gone.difference_update(resources.keys(), removed)
+        if self.held_unknown:
+            self.held_unknown.difference_update(resources.keys(), removed)
         self.inflight[nonce] = InFlight(version, full_state, resources, removed)
         self.last_nonce = nonce
         self.responded = True
@@ -225,7 +250,7 @@ class Subscription:
             # Nothing was applied: the response's tables are no longer held.
             self._count(answered.resources.values(), -1)
             self.last_nack = Nack(
-                nonce=nonce, version=self.acked_version, message=error, at=time.time()
+                nonce=nonce, version=self.acked_version, message=truncated(error), at=time.time()
             )
             return Decision.NACK
         self._accept(answered)
@@ -246,6 +271,14 @@ class Subscription:
             self.acked = resources if not self.acked else self.acked.update(resources)
         for n in response.removed:
             self._unaccept(n)
+        if self.recount:
+            # After a repeated first request: what it holds now is what it accepted since,
+            # plus what is still in flight; the tables it held before are gone or replaced.
+            self.recount = False
+            counts = _counted(EMPTY, self.acked.values(), 1)
+            for pending in self.inflight.values():
+                counts = _counted(counts, pending.resources.values(), 1)
+            self.held_refs = counts
 
     def _set_accepted(self, name: str, resource: Resource) -> None:
         if self.acked.get(name) is resource:
@@ -268,6 +301,10 @@ class Subscription:
         """Does a resource the client holds or may be applying (accepted or in flight) name it?"""
         return name in self.held_refs
 
+    def knows_held(self) -> bool:
+        """Delta route tables: is every table the client may hold one we sent (or removed)?"""
+        return not self.held_unknown and not self.unsettled
+
 
 _NAME_SETS: dict[frozenset[str], frozenset[str]] = {}
 
@@ -278,8 +315,37 @@ def _interned(names: frozenset[str]) -> frozenset[str]:
     if len(names) < 64:
         return names  # not worth a look-up
     if len(_NAME_SETS) >= 64:
+        release_unused_names()
+    if len(_NAME_SETS) >= 64:
         _NAME_SETS.clear()
     return _NAME_SETS.setdefault(names, names)
+
+
+def release_unused_names() -> None:
+    """Drop the shared name sets no subscription holds any more (called as streams close):
+    a client that asked for 100,000 names and left must not keep them alive here."""
+    for names in [n for n in _NAME_SETS.values() if sys.getrefcount(n) <= _UNUSED_REFS]:
+        del _NAME_SETS[names]
+
+
+def release_names(subs: Iterable[Subscription]) -> None:
+    """A stream closed: drop the shared name sets of its subscriptions that no other
+    subscription uses, so a client that asked for 100,000 names and left keeps none here."""
+    for sub in subs:
+        names = sub.names
+        # Held by the dict (key and value), this subscription, `names` and the call.
+        if _NAME_SETS.get(names) is names and sys.getrefcount(names) <= _UNUSED_REFS + 1:
+            del _NAME_SETS[names]
+
+
+def interned_name_sets() -> int:
+    """How many shared name sets are kept (for tests and status)."""
+    return len(_NAME_SETS)
+
+
+# References to a kept set that no subscription holds: the dict's key and value, the
+# list comprehension's variable and getrefcount's own argument.
+_UNUSED_REFS = 4
 
 
 def _persistent(resources: Mapping[str, Resource]) -> Map:

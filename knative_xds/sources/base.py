@@ -16,11 +16,29 @@ one scope at a time; a later call for the same scope replaces it.
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..model import Problem, RawObject
 from ..model.kinds import Ident
+
+
+class SourceEvent(enum.Enum):
+    RELIST = "relist"
+    API_ERROR = "api_error"
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeHealth:
+    """What a source last said of one scope it reads."""
+
+    healthy: bool
+    detail: str
+    # When it last read the scope whole and well (time.time()); None: never.
+    last_sync: float | None
+
 
 # Object changes by identity: a new or changed object, or None for one deleted.
 Changes = Mapping[Ident, RawObject | None]
@@ -42,6 +60,16 @@ class Sink(Protocol):
         ...
 
     def set_source_problems(self, scope: str, problems: Iterable[Problem]) -> None: ...
+
+    def source_health(self, scope: str, healthy: bool, detail: str = "") -> None:
+        """Whether the source can read `scope` (the folder, one API collection) right now.
+        Healthy marks a successful sync at this moment; unhealthy keeps the last good
+        state serving and makes the plane not ready until the scope is healthy again."""
+        ...
+
+    def source_event(self, event: SourceEvent) -> None:
+        """Count one event of the outside world (a relist, an API error) for metrics."""
+        ...
 
 
 class Source(Protocol):

@@ -239,6 +239,7 @@ class KubeSource:
                     project=trim,
                     report=gate.report,
                     options=self._options,
+                    events=sink.source_event,
                 )
                 tasks.create_task(reflector.run(), name=f"watch {collection}")
 
@@ -263,6 +264,9 @@ class _Gate:
         self, collection: Collection, changes: Mapping[ObjectKey, RawObject | None], listed: bool
     ) -> None:
         batch = {(collection.kind, key): raw for key, raw in changes.items()}
+        if listed:
+            # A whole list read: the collection is in sync now (its last-sync time moves).
+            self._sink.source_health(_scope(collection), True)
         if not self._unlisted:
             if batch:
                 self._sink.submit(batch)
@@ -292,6 +296,12 @@ class _Gate:
             if message is None
             else [Problem(ORIGIN, collection.kind, str(collection), "", message)]
         )
-        self._sink.set_source_problems(f"{ORIGIN}: {collection}", problems)
+        self._sink.set_source_problems(_scope(collection), problems)
+        # Unhealthy until it reads well again: /readyz says 503, the last good state serves.
+        self._sink.source_health(_scope(collection), message is None, message or "")
         if not self._unlisted:
             self._sink.submit({})  # the pipeline logs problems as they come and go
+
+
+def _scope(collection: Collection) -> str:
+    return f"{ORIGIN}: {collection}"

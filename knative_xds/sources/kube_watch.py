@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 from ..model import ObjectKey, RawObject
+from .base import SourceEvent
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ class Reflector:
         project: Project,
         report: Report,
         options: WatchOptions = WatchOptions(),
+        events: Callable[[SourceEvent], None] | None = None,
     ) -> None:
         self.collection = collection
         self._api = api
@@ -159,6 +161,9 @@ class Reflector:
         self._failures = 0
         self._expired = False
         self._problem: str | None = None
+        # Told of each relist after the first list and of each failed request (metrics).
+        self._events = events or _ignore
+        self._lists = 0
 
     async def run(self) -> NoReturn:
         must_list = True
@@ -188,6 +193,7 @@ class Reflector:
                 "%s: the watch ended at once; watching again in %.1f s", self.collection, delay
             )
         else:
+            self._events(SourceEvent.API_ERROR)
             message = f"{error}{_hint(error.status)}"
             log.warning("%s: %s; retrying in %.1f s", self.collection, message, delay)
             self._set_problem(message)
@@ -206,6 +212,9 @@ class Reflector:
     # -- list --------------------------------------------------------------------------
 
     async def _relist(self) -> None:
+        if self._lists:
+            self._events(SourceEvent.RELIST)
+        self._lists += 1
         fresh, version = await self._list_all()
         changes: dict[ObjectKey, RawObject | None] = dict.fromkeys(
             self._known.keys() - fresh.keys()
@@ -259,12 +268,24 @@ class Reflector:
         )
         loop = asyncio.get_running_loop()
         started, progressed = loop.time(), False
-        async with aclosing(events):
-            async for event in events:
-                self._on_event(event)
-                if not progressed:
-                    progressed = True
-                    self._healthy()
+        # After a failure, a watch that stays open past `quick_end` works again, even on
+        # a quiet collection with no event to show it: the source is healthy (ready) then,
+        # not minutes later when the watch times out.
+        recovered = (
+            loop.call_later(self._options.quick_end, self._healthy)
+            if self._problem is not None
+            else None
+        )
+        try:
+            async with aclosing(events):
+                async for event in events:
+                    self._on_event(event)
+                    if not progressed:
+                        progressed = True
+                        self._healthy()
+        finally:
+            if recovered is not None:
+                recovered.cancel()
         # A quiet collection's watch may end (server timeout, idle reconnect) with no
         # event, and is then healthy; one that ends at once with nothing is not, and a
         # server that closes every watch straight away must not be hammered.
@@ -300,6 +321,10 @@ class Reflector:
             return  # only fields the model does not read changed
         self._known[raw.key] = raw
         self._emit(self.collection, {raw.key: raw}, False)
+
+
+def _ignore(event: SourceEvent) -> None:
+    pass
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

@@ -12,6 +12,7 @@ from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
 from ..model import Backend, Protocol
 from ..resources import Resource
+from .edge import buffer_limit
 from .endpoints import load_assignment
 
 CONNECT_TIMEOUT_SECONDS = 5
@@ -71,6 +72,8 @@ def _shape(protocol: Protocol, dns: bool) -> cluster_pb2.Cluster:
         connect_timeout=duration_pb2.Duration(seconds=CONNECT_TIMEOUT_SECONDS),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
         circuit_breakers=_thresholds(),
+        # A slow client must not make Envoy buffer a backend's whole answer (edge.py).
+        per_connection_buffer_limit_bytes=buffer_limit(),
     )
     if dns:
         # An ExternalName Service: one name, re-resolved by Envoy as its TTL says.

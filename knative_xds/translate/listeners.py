@@ -18,6 +18,7 @@ from google.protobuf import any_pb2
 from ..model import ObjectKey, Tls
 from ..resources import Resource
 from .clusters import ads_config_source
+from .edge import CONNECTION_LIMIT_FILTER, EDGE, Edge, buffer_limit, connection_limit, harden
 from .names import Listener, secret_name
 from .scopes import key_builder
 
@@ -33,9 +34,11 @@ def _pack(message) -> any_pb2.Any:
     return packed
 
 
-def connection_manager(listener: Listener) -> hcm.HttpConnectionManager:
+def connection_manager(
+    listener: Listener, edge: Edge = EDGE, trusted_hops: int = 0
+) -> hcm.HttpConnectionManager:
     name = listener.value
-    return hcm.HttpConnectionManager(
+    manager = hcm.HttpConnectionManager(
         stat_prefix=name,
         # AUTO accepts HTTP/1.1 and prior-knowledge HTTP/2, so gRPC clients work end to end.
         codec_type=hcm.HttpConnectionManager.AUTO,
@@ -51,12 +54,23 @@ def connection_manager(listener: Listener) -> hcm.HttpConnectionManager:
         http_filters=[hcm.HttpFilter(name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router()))],
         upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
     )
+    harden(manager, edge, trusted_hops)
+    return manager
 
 
-def _hcm_filter(listener: Listener) -> listener_components_pb2.Filter:
-    return listener_components_pb2.Filter(
-        name=HCM_FILTER, typed_config=_pack(connection_manager(listener))
-    )
+def _filters(
+    listener: Listener, edge: Edge, trusted_hops: int
+) -> list[listener_components_pb2.Filter]:
+    """The connection limit first: a connection over it is closed before any parsing."""
+    return [
+        listener_components_pb2.Filter(
+            name=CONNECTION_LIMIT_FILTER,
+            typed_config=_pack(connection_limit(listener.value, edge)),
+        ),
+        listener_components_pb2.Filter(
+            name=HCM_FILTER, typed_config=_pack(connection_manager(listener, edge, trusted_hops))
+        ),
+    ]
 
 
 def _address(address: str, port: int) -> address_pb2.Address:
@@ -65,11 +79,16 @@ def _address(address: str, port: int) -> address_pb2.Address:
     )
 
 
-def listener_resource(*, listener: Listener, address: str, port: int) -> Resource:
+def listener_resource(
+    *, listener: Listener, address: str, port: int, edge: Edge = EDGE, trusted_hops: int = 0
+) -> Resource:
     msg = listener_pb2.Listener(
         name=listener.value,
         address=_address(address, port),
-        filter_chains=[listener_components_pb2.FilterChain(filters=[_hcm_filter(listener)])],
+        per_connection_buffer_limit_bytes=buffer_limit(edge),
+        filter_chains=[
+            listener_components_pb2.FilterChain(filters=_filters(listener, edge, trusted_hops))
+        ],
     )
     return Resource.of(msg, name=msg.name)
 
@@ -91,7 +110,12 @@ def tls_chains(entries: Iterable[tuple[ObjectKey, Tls]]) -> dict[str, tuple[str,
 
 
 def tls_listener_resource(
-    *, address: str, port: int, chains: Mapping[str, tuple[str, ...]]
+    *,
+    address: str,
+    port: int,
+    chains: Mapping[str, tuple[str, ...]],
+    edge: Edge = EDGE,
+    trusted_hops: int = 0,
 ) -> Resource:
     """The HTTPS listener: by SNI, one filter chain per certificate, its hosts' scopes."""
     filter_chains = []
@@ -111,12 +135,13 @@ def tls_listener_resource(
                     server_names=list(hosts)
                 ),
                 transport_socket=_transport_socket(context),
-                filters=[_hcm_filter(Listener.EXTERNAL_TLS)],
+                filters=_filters(Listener.EXTERNAL_TLS, edge, trusted_hops),
             )
         )
     msg = listener_pb2.Listener(
         name=Listener.EXTERNAL_TLS.value,
         address=_address(address, port),
+        per_connection_buffer_limit_bytes=buffer_limit(edge),
         listener_filters=[
             listener_components_pb2.ListenerFilter(
                 name=TLS_INSPECTOR, typed_config=_pack(tls_inspector_pb2.TlsInspector())

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ..model import Backend, Ingress, ObjectKey, Tls, Update
 from ..resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET, Resource
 from .clusters import cluster_resource
+from .edge import EDGE, Edge
 from .endpoints import endpoints_resource
 from .listeners import listener_resource, tls_chains, tls_listener_resource
 from .names import Listener, route_table_name, scope_name
@@ -33,6 +34,9 @@ class GatewayConfig:
     external_port: int = 8080
     internal_port: int = 8081
     external_tls_port: int = 8443
+    # Load balancers in front of the gateway whose X-Forwarded-For entries are trusted.
+    trusted_hops: int = 0
+    edge: Edge = EDGE
 
 
 @dataclass(slots=True)
@@ -139,7 +143,13 @@ class Translator:
         ports = {Listener.EXTERNAL: g.external_port, Listener.INTERNAL: g.internal_port}
         self.stats.listeners_built += len(ports)
         return [
-            listener_resource(listener=listener, address=g.listen_address, port=port)
+            listener_resource(
+                listener=listener,
+                address=g.listen_address,
+                port=port,
+                edge=g.edge,
+                trusted_hops=g.trusted_hops,
+            )
             for listener, port in ports.items()
         ]
 
@@ -156,7 +166,11 @@ class Translator:
             return
         g = self._gateway
         resource = tls_listener_resource(
-            address=g.listen_address, port=g.external_tls_port, chains=chains
+            address=g.listen_address,
+            port=g.external_tls_port,
+            chains=chains,
+            edge=g.edge,
+            trusted_hops=g.trusted_hops,
         )
         self.stats.listeners_built += 1
         if self._tls_listener is None or self._tls_listener.version != resource.version:

@@ -91,7 +91,7 @@ class Plane:
             internal_port=self.internal,
             external_tls_port=self.tls,
         )
-        self.control = ControlPlane(Settings(gateway=gateway))
+        self.control = ControlPlane(Settings(gateway=gateway, hold_empty_start=False))
         self._client = ApiClient(Configuration(host=self.api.url))
         api = HttpApi(self._client)
         # As `serve --kubernetes` wires it (cli._status_settings), with this machine's

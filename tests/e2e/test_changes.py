@@ -193,7 +193,10 @@ async def test_a_file_that_is_not_yaml_keeps_its_objects_serving(gateway):
         lambda: any("not valid YAML" in str(p) for p in gateway.plane.pipeline.problems()),
         what="the YAML error to be reported",
     )
-    await asyncio.sleep(0)  # let any (wrong) push reach Envoy before we look
+    # A second edit, in another file, that Envoy must show: once it serves it, any push the
+    # broken file caused (published before this one) has reached Envoy too.
+    gateway.write([s.route("marker", [s.target("hello-00001", 100)])], "marker.yaml")
+    await gateway.wait_served("marker.default.example.com", "hello-00001")
     assert await gateway.tally(HELLO, 50) == {"hello-00001": 50}
 
     gateway.write(objects)

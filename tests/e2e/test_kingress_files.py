@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from knative_xds.health import status
+from knative_xds.admin.status_view import status
 from knative_xds.model.kinds import DEFAULT_INGRESS_CLASS, INGRESS_CLASS_ANNOTATION
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -18,6 +18,7 @@ import pytest
 from knative_xds import synth
 from knative_xds.app import ControlPlane, Settings
 from knative_xds.model import RawObject
+from knative_xds.resources import CLUSTER, ENDPOINT, ROUTE
 from knative_xds.server.stream import Stream
 from knative_xds.translate import GatewayConfig
 
@@ -82,6 +83,7 @@ class World:
 
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
+        self._marks = 0
 
     @property
     def instance(self) -> str:
@@ -130,6 +132,34 @@ class World:
     def give_pods(self, revision: str, *addresses: str) -> None:
         """Ready pods for a revision: its endpoints change, its cluster does not."""
         self.apply(synth.endpoint_slice(revision, addresses, 8012))
+
+    def mark(self, type_url: str, revision: str) -> str:
+        """Change a ready revision so that only resources of `type_url` change (its cluster,
+        its endpoints, or the route tables of its Routes); the type's new version.
+
+        Each call is a new change: a new pod address, a new timeout, h2c toggled. The
+        revision's other settings are those of `synth.revision(name, ready=True)`.
+        """
+        self._marks += 1
+        n = self._marks
+        before = self.counters()
+        if type_url == ENDPOINT:
+            self.give_pods(revision, f"10.99.{n // 250}.{n % 250 + 1}")
+        elif type_url == ROUTE:
+            self.apply(synth.revision(revision, ready=True, timeout=100 + n))
+        elif type_url == CLUSTER:
+            self.apply(synth.revision(revision, ready=True, h2c=n % 2 == 1))
+        else:
+            raise ValueError(f"no marker change for {type_url}")
+        moved = {t for t, c in self.counters().items() if c != before.get(t)}
+        assert moved == {type_url}, f"marking {revision} for {type_url} changed {moved}"
+        snapshot = self.plane.cache.current()
+        assert snapshot is not None
+        return snapshot.version(type_url)
+
+    def counters(self) -> dict[str, int]:
+        snapshot = self.plane.cache.current()
+        return dict(snapshot.counters) if snapshot is not None else {}
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> None:
@@ -186,6 +216,22 @@ class Harness:
             return stream is not None and sum(stream.status.decisions.values()) == client.written
 
         await eventually(read_all)
+
+    async def barrier(
+        self, client: XdsClient, type_url: str, revision: str, expect: Iterable[str]
+    ) -> Any:
+        """Prove that what the client saw last pushed nothing more: once the server has
+        read the client's requests, change `revision` so that `type_url` must be pushed,
+        and assert the first response is that change's, naming exactly `expect`.
+
+        A stream plans its types in push order against the latest snapshot, so the
+        marker's type must not come before the one that must stay quiet (a push of
+        that type would then arrive after the marker's and go unseen), and `expect`
+        should differ from what a wrong push would carry.
+        """
+        await self.caught_up(client)
+        version = self.world.mark(type_url, revision)
+        return await client.expect_next_is(type_url, expect, version=version)
 
     async def close(self) -> None:
         for client in self.clients:

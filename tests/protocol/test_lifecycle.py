@@ -101,12 +101,14 @@ async def test_a_stream_opened_before_the_first_state_waits_for_it_then_gets_all
     try:
         early = a_client(harness, flavour)
         await early.request(CLUSTER)
-        await early.expect_nothing()  # above all, no empty first push
+        # The server holds the stream (it watches for the first state) before any is in.
+        await eventually(lambda: harness.plane.cache.watch_count == 1)
 
         harness.world.apply(*base_objects())
 
-        # The same stream, not a retry: it is served as soon as the state is in.
-        assert set(names_in(await early.recv(CLUSTER))) == {HELLO, OTHER}
+        # The same stream, not a retry: it is served as soon as the state is in, and
+        # this is its first response: above all, no empty first push came before it.
+        await early.expect_next_is(CLUSTER, [HELLO, OTHER])
     finally:
         await harness.close()
     assert harness.violations() == []
@@ -132,12 +134,13 @@ async def test_a_first_load_sends_clusters_and_endpoints_before_any_listener(
         await client.ack(client.last[CLUSTER])
         assert set(names_in(await client.recv(ENDPOINT))) == {HELLO, OTHER}
         await client.ack(client.last[ENDPOINT])
-        await client.expect_nothing()  # no listener, so no partial (or empty) LDS
+        await harness.caught_up(client)
 
         rest = Delta()
         plane.translator.translate_ingresses(update, sorted(update.changed_ingresses), rest)
         plane.cache.apply(rest)
-        assert set(names_in(await client.recv(LISTENER))) == {"external", "internal"}
+        # The first LDS response is the complete one: no partial (or empty) LDS came before.
+        await client.expect_next_is(LISTENER, ["external", "internal"])
     finally:
         await harness.close()
     assert harness.violations() == []

@@ -16,11 +16,12 @@ from knative_xds.resources import (
     SECRET,
 )
 
-from .conftest import HELLO_TABLES, Harness, cluster
+from .conftest import HELLO_TABLES, Harness, cluster, tables
 from .envoy_like import Gateway, clusters_named, removed
 from .xds_client import DeltaClient, SotwClient, names_in
 
 HELLO, HELLO_2, OTHER = cluster("hello-1"), cluster("hello-2"), cluster("other-1")
+OTHER_TABLES = tables("other")
 
 
 def test_push_order_is_clusters_endpoints_secrets_listeners_scopes_routes() -> None:
@@ -59,7 +60,8 @@ async def test_routes_naming_a_new_cluster_wait_for_the_endpoints_ack(
     await gateway.ack(clusters)
     endpoints = await gateway.recv(ENDPOINT)
 
-    await gateway.client.expect_nothing()  # the cluster is still warming on the client
+    # The cluster is still warming on the client: other's tables may go, hello's not yet.
+    await gateway.ack(await harness.barrier(gateway.client, ROUTE, "other-1", OTHER_TABLES))
 
     await gateway.ack(endpoints)
     assert HELLO_2 in clusters_named(await gateway.recv(ROUTE))
@@ -74,7 +76,8 @@ async def test_routes_naming_a_new_cluster_wait_for_the_clusters_ack(
     await gateway.ask(ENDPOINT, [HELLO_2])
     await gateway.ack(await gateway.recv(ENDPOINT))
 
-    await gateway.client.expect_nothing()  # endpoints accepted, the cluster not yet
+    # Endpoints accepted, the cluster not yet: other's tables may go, hello's not yet.
+    await gateway.ack(await harness.barrier(gateway.client, ROUTE, "other-1", OTHER_TABLES))
 
     await gateway.ack(clusters)
     assert HELLO_2 in clusters_named(await gateway.recv(ROUTE))
@@ -89,7 +92,8 @@ async def test_routes_wait_for_endpoints_even_when_the_clusters_ack_comes_before
     harness.world.add_revision_to_hello()
     await gateway.ack(await gateway.recv(CLUSTER))
 
-    await gateway.client.expect_nothing()  # HELLO_2 has no endpoints on the client yet
+    # HELLO_2 has no endpoints on the client yet: other's tables may go, hello's not yet.
+    await gateway.ack(await harness.barrier(gateway.client, ROUTE, "other-1", OTHER_TABLES))
 
     await gateway.ask(ENDPOINT, [HELLO_2])
     await gateway.ack(await gateway.recv(ENDPOINT))
@@ -105,7 +109,8 @@ async def test_routes_naming_a_cluster_the_client_rejected_are_held_back(
 
     await gateway.client.nack(clusters)
 
-    await gateway.client.expect_nothing()  # routes to HELLO_2 would fail on this client
+    # Routes to HELLO_2 would fail on this client: other's tables may go, hello's not.
+    await harness.barrier(gateway.client, ROUTE, "other-1", OTHER_TABLES)
 
 
 async def test_removing_a_revision_keeps_its_cluster_until_routes_without_it_are_acked(
@@ -118,7 +123,8 @@ async def test_removing_a_revision_keeps_its_cluster_until_routes_without_it_are
 
     tables = await gateway.recv(ROUTE)  # routes first: nothing else changed for the client
     assert HELLO not in clusters_named(tables)
-    await gateway.client.expect_nothing()  # HELLO's cluster stays while its old routes may serve
+    # HELLO's cluster stays while its old routes may serve: no CDS before other's endpoints.
+    await gateway.ack(await harness.barrier(gateway.client, ENDPOINT, "other-1", [OTHER]))
     await gateway.ack(tables)
     clusters = await gateway.recv(CLUSTER)
     if isinstance(gateway.client, DeltaClient):

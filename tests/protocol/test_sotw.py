@@ -74,7 +74,8 @@ async def test_rds_request_by_name_gets_only_the_named_route_table(harness: Harn
     response = await client.recv(ROUTE)
     assert names_in(response) == [EXTERNAL_HELLO]
     await client.ack(response)
-    await client.expect_nothing()  # INTERNAL_HELLO exists but was not asked for
+    # INTERNAL_HELLO exists but was not asked for: hello's next change brings only the one.
+    await harness.barrier(client, ROUTE, "hello-1", expect=[EXTERNAL_HELLO])
 
 
 async def test_eds_request_by_name_gets_only_the_named_endpoints(harness: Harness) -> None:
@@ -83,7 +84,8 @@ async def test_eds_request_by_name_gets_only_the_named_endpoints(harness: Harnes
     response = await client.recv(ENDPOINT)
     assert names_in(response) == [HELLO]
     await client.ack(response)
-    await client.expect_nothing()  # OTHER exists but was not asked for
+    # OTHER exists but was not asked for: hello's next change brings only hello's.
+    await harness.barrier(client, ENDPOINT, "hello-1", expect=[HELLO])
 
 
 # -- ACK and NACK -------------------------------------------------------------------------
@@ -93,7 +95,10 @@ async def test_ack_gets_no_response_when_nothing_changed(harness: Harness) -> No
     client = harness.sotw()
     await client.request(CLUSTER)
     await client.ack(await client.recv(CLUSTER))
-    await client.expect_nothing()
+
+    # Asked for after the ACK and planned after CDS: had the ACK pushed, that came first.
+    await client.request(ENDPOINT, [HELLO])
+    await client.expect_next_is(ENDPOINT, [HELLO])
 
 
 async def test_nack_is_recorded_per_node_and_type_and_the_rejected_version_is_not_resent(
@@ -107,7 +112,8 @@ async def test_nack_is_recorded_per_node_and_type_and_the_rejected_version_is_no
 
     await client.nack(rejected, "h2c not allowed here")
 
-    await client.expect_nothing()  # the rejected version must not come back
+    await client.request(ENDPOINT, [HELLO])  # the rejected version must not come back first
+    await client.expect_next_is(ENDPOINT, [HELLO])
     nack = harness.plane.ads.nacks[("gateway-nack", CLUSTER)]
     assert (nack.nonce, nack.message) == (rejected.nonce, "h2c not allowed here")
 
@@ -146,7 +152,8 @@ async def test_nacked_routes_keep_the_clusters_the_accepted_routes_use(
     new_routes = await client.recv(ROUTE)
     await client.nack(new_routes)
 
-    await client.expect_nothing()  # HELLO stays while the accepted tables name it
+    # HELLO stays while the accepted tables name it: the next full set still has it.
+    await harness.barrier(client, CLUSTER, "other-1", expect=[HELLO, cluster("hello-2"), OTHER])
 
 
 # -- stale nonces ---------------------------------------------------------------------------
@@ -160,12 +167,13 @@ async def test_request_with_a_stale_nonce_is_ignored_and_its_names_count_from_th
     first = await client.recv(ENDPOINT)
     await client.ack(first)
     harness.world.give_pods("hello-1", "10.1.0.1")
-    second = await client.recv(ENDPOINT)
+    await client.recv(ENDPOINT)  # not acked: a request echoing the first nonce is stale
 
     await client.request(ENDPOINT, [HELLO, OTHER], nonce=first.nonce)
 
-    await client.expect_nothing()  # stale: its new name is not acted on
-    await client.ack(second, [HELLO, OTHER])
+    # Stale: its new name is not acted on, so hello's next change comes alone.
+    third = await harness.barrier(client, ENDPOINT, "hello-1", expect=[HELLO])
+    await client.ack(third, [HELLO, OTHER])
     response = await client.recv(ENDPOINT)
     assert names_in(response) == [OTHER]
 
@@ -182,7 +190,8 @@ async def test_nack_with_a_stale_nonce_does_not_stop_the_latest_response_being_a
     await client.nack(first)
     await client.ack(second)
 
-    await client.expect_nothing()
+    await client.request(ROUTE, [EXTERNAL_HELLO])  # planned after EDS: a resend would lead
+    await client.expect_next_is(ROUTE, [EXTERNAL_HELLO])
     await harness.caught_up(client)
     stream = harness.stream_of(client)
     assert stream is not None

@@ -25,7 +25,8 @@ from google.rpc import status_pb2
 
 from knative_xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE
 
-# How long a test waits for something that must happen, and for something that must not.
+# How long a test waits for something that must happen. That something must not happen is
+# never shown by waiting: see `expect_next_is`. QUIET only paces `Gateway.settle`.
 WAIT = 5.0
 QUIET = 0.3
 
@@ -129,12 +130,26 @@ class XdsClient:
         self.last[item.type_url] = item
         return item
 
-    async def expect_nothing(self, quiet: float = QUIET) -> None:
-        """Assert no response arrives. Only a bounded wait can show that nothing is sent."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(quiet):
-                item = await self._inbox.get()
-                raise AssertionError(f"expected no response, got {describe(item)}")
+    async def expect_next_is(
+        self, type_url: str, names: Iterable[str], *, version: str | None = None
+    ) -> Any:
+        """The next response, which must be `type_url` with exactly `names` (in Delta, and
+        nothing removed), and `version` if given.
+
+        The barrier that proves a change pushed nothing: after that change, cause one
+        that must push (see `Harness.barrier`) and take its response with this. Had the
+        first change pushed, its response would come first and fail here; had the server
+        folded it into the barrier's response, the names or version would not match.
+        """
+        response = await self.recv()
+        got = (response.type_url, sorted(names_in(response)), removed_in(response))
+        if got != (type_url, sorted(names), []) or version not in (None, version_of(response)):
+            raise AssertionError(
+                f"expected the barrier's {type_url.rsplit('.', 1)[-1]} {sorted(names)}"
+                f"{'' if version is None else f' at {version}'} first, got {describe(response)}"
+                f" at {version_of(response)}: the change before the barrier pushed something"
+            )
+        return response
 
     async def status(self, timeout: float = WAIT) -> grpc.StatusCode:
         """The status the server ended the stream with."""
@@ -148,12 +163,23 @@ class XdsClient:
             await self._reader
 
 
+def version_of(response: Any) -> str:
+    if isinstance(response, discovery_pb2.DeltaDiscoveryResponse):
+        return response.system_version_info
+    return response.version_info
+
+
+def removed_in(response: Any) -> list[str]:
+    return list(getattr(response, "removed_resources", ()))
+
+
 def describe(item: Any) -> str:
     if isinstance(item, BaseException):
         return repr(item)
     names = names_in(item)
-    removed = list(getattr(item, "removed_resources", ()))
-    return f"{item.type_url.rsplit('.', 1)[-1]} nonce={item.nonce} {names} removed={removed}"
+    return (
+        f"{item.type_url.rsplit('.', 1)[-1]} nonce={item.nonce} {names} removed={removed_in(item)}"
+    )
 
 
 def decode(type_url: str, packed: Any) -> Message:
