@@ -342,8 +342,8 @@ async def watching(
         yield ready
 
 
-async def synced(server: FakeApiServer, ready: asyncio.Event, *, watches: int = 7) -> None:
-    """Until the first state is applied and every collection (`watches` of them: seven
+async def synced(server: FakeApiServer, ready: asyncio.Event, *, watches: int = 8) -> None:
+    """Until the first state is applied and every collection (`watches` of them: eight
     for input routes) is being watched."""
     await ready.wait()
     await server.wait_for(lambda: len(server.requests("watch")) >= watches)

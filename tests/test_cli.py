@@ -127,23 +127,53 @@ def test_validate_prints_every_problem_with_file_object_and_field(tmp_path, caps
     assert any("Route default/ghost" in line and "'missing-1' not found" in line for line in out)
 
 
-def test_validate_names_a_knative_service_it_does_not_read_and_still_passes(tmp_path, capsys):
+def test_validate_reconciles_a_knative_service_and_names_a_kind_it_does_not_read(tmp_path, capsys):
     knative_service = {
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Service",
         "metadata": {"name": "hello", "namespace": "default"},
         "spec": {"template": {"spec": {"containers": [{"image": "ghcr.io/example/hello"}]}}},
     }
-    objects = [knative_service, s.route("web", [s.target("web-1", 100)]), s.revision("web-1")]
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}}
+    objects = [
+        knative_service,
+        deployment,
+        s.route("web", [s.target("web-1", 100)]),
+        s.revision("web-1"),
+    ]
     (tmp_path / "app.yaml").write_text(s.dump(objects))
 
     assert main(["validate", str(tmp_path)]) == 0, "an object not read is no problem"
     captured = capsys.readouterr()
-    skipped = [line for line in captured.out.splitlines() if "Service default/hello" in line]
-    assert len(skipped) == 1, captured.out
-    assert "app.yaml" in skipped[0] and "serving.knative.dev/v1" in skipped[0]
-    assert "not read" in skipped[0]
-    assert "1 Routes and KIngresses served, 1 objects skipped, 0 problems" in captured.err
+    made = [line for line in captured.out.splitlines() if "Service default/hello" in line]
+    assert len(made) == 1, captured.out
+    assert "app.yaml" in made[0] and "Revision hello-00001" in made[0] and "Route hello" in made[0]
+    skipped = [line for line in captured.out.splitlines() if "Deployment default/web" in line]
+    assert len(skipped) == 1 and "app.yaml" in skipped[0] and "not read" in skipped[0]
+    assert (
+        "2 Routes and KIngresses served, 1 Knative Services and Configurations reconciled, "
+        "1 objects skipped, 0 problems" in captured.err
+    )
+
+
+def test_validate_names_file_object_and_field_of_a_bad_knative_service(tmp_path, capsys):
+    bad = {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": "hello", "namespace": "default"},
+        "spec": {
+            "template": {"spec": {"containers": [{"image": "ghcr.io/example/hello"}]}},
+            "traffic": [{"latestRevision": True, "percent": 60}],
+        },
+    }
+    (tmp_path / "app.yaml").write_text(s.dump([bad]))
+
+    assert main(["validate", str(tmp_path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert any(
+        "app.yaml" in line and "Service default/hello" in line and "spec.traffic:" in line
+        for line in out
+    ), out
 
 
 def _kingress_folder(tmp_path: Path, ingress_class: str) -> Path:
@@ -190,7 +220,7 @@ def _get(port: int, host: str) -> dict:
 
 
 @needs_envoy
-def test_up_serves_the_example_wakes_a_revision_at_zero_and_stops_cleanly_on_ctrl_c():
+def test_up_serves_the_example_wakes_a_revision_at_zero_and_stops_cleanly_on_ctrl_c(tmp_path):
     ext, internal, admin = free_port(), free_port(), free_port()
     proc = subprocess.Popen(
         [
@@ -205,6 +235,8 @@ def test_up_serves_the_example_wakes_a_revision_at_zero_and_stops_cleanly_on_ctr
             str(internal),
             "--admin-port",
             str(admin),
+            "--state-dir",  # the revision history: fresh, so the example's names are known
+            str(tmp_path),
         ],
         stderr=subprocess.PIPE,
         text=True,
@@ -219,8 +251,9 @@ def test_up_serves_the_example_wakes_a_revision_at_zero_and_stops_cleanly_on_ctr
             if "Ctrl-C stops everything" in line or not line:
                 break
         assert any("curl -H 'Host: hello.default.example.com'" in b for b in banner), banner
-        assert _get(ext, "hello.default.example.com")["revision"] in {"hello-00001", "hello-00002"}
-        assert _get(ext, "candidate-hello.default.example.com")["revision"] == "hello-00003"
+        split = {"hello-stable-00001", "hello-00001"}
+        assert _get(ext, "hello.default.example.com")["revision"] in split
+        assert _get(ext, "candidate-hello.default.example.com")["revision"] == "hello-00001"
         assert _get(internal, "api.default.svc")["revision"] == "api-00001"
         woke = _get(ext, "sleepy.default.example.com")  # at zero: the local activator wakes it
         assert woke["revision"] == "sleepy-00001"

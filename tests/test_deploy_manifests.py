@@ -454,3 +454,20 @@ def test_cert_manager_issues_the_secrets_the_mtls_component_mounts() -> None:
     assert "selfSigned" in issuers[ca["issuerRef"]["name"]]
     namespace = _one("Deployment", "knative-xds")["metadata"]["namespace"]
     assert {d["metadata"]["namespace"] for d in docs} == {namespace}
+
+
+def test_only_the_gateway_pods_may_open_ads_by_the_network_policy() -> None:
+    policy = _one("NetworkPolicy", "knative-xds")
+    control_plane = _one("Deployment", "knative-xds")
+    gateway = _one("Deployment", "knative-xds-gateway")
+    pod_labels = control_plane["spec"]["template"]["metadata"]["labels"]
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    assert selected.items() <= pod_labels.items(), "the policy selects the control plane"
+    rules = {rule["ports"][0]["port"]: rule["from"] for rule in policy["spec"]["ingress"]}
+    assert set(rules) == {"grpc-xds", "http-health"}
+    container = _container("knative-xds")
+    assert {p["name"] for p in container["ports"]} >= set(rules), "named ports exist"
+    [ads_peer] = rules["grpc-xds"]
+    gateway_labels = gateway["spec"]["template"]["metadata"]["labels"]
+    assert set(ads_peer) == {"podSelector"}, "ADS: pods of this namespace only"
+    assert ads_peer["podSelector"]["matchLabels"].items() <= gateway_labels.items()

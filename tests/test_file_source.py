@@ -180,12 +180,16 @@ async def test_a_path_that_does_not_exist_ends_run_naming_it(tmp_path: Path) -> 
 
 
 def test_kinds_and_api_versions_not_read_are_listed_not_dropped(tmp_path: Path) -> None:
-    knative_service = {
-        "apiVersion": "serving.knative.dev/v1",
+    # An apiVersion of Service read neither as core/v1's nor as Knative's v1.
+    old_service = {
+        "apiVersion": "serving.knative.dev/v1alpha1",
         "kind": "Service",
         "metadata": {"name": "hello", "namespace": "default"},
         "spec": {"template": {"spec": {"containers": [{"image": "hello"}]}}},
     }
+    # Knative's v1 Service is read (the serving stage reconciles it into Revisions).
+    knative_service = {**old_service, "apiVersion": "serving.knative.dev/v1"}
+    knative_service["metadata"] = {"name": "web", "namespace": "default"}
     core_service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -197,12 +201,17 @@ def test_kinds_and_api_versions_not_read_are_listed_not_dropped(tmp_path: Path) 
         "kind": "Deployment",
         "metadata": {"name": "web"},
     }
-    (tmp_path / "mixed.yaml").write_text(synth.dump([knative_service, core_service, deployment]))
+    (tmp_path / "mixed.yaml").write_text(
+        synth.dump([old_service, knative_service, core_service, deployment])
+    )
     source = FileSource(tmp_path)
 
     batch = source.read_all()
 
-    assert set(batch.changes) == {("Service", ObjectKey("default", "hello-00001"))}
+    assert set(batch.changes) == {
+        ("Service", ObjectKey("default", "hello-00001")),
+        ("Service", ObjectKey("default", "web")),
+    }
     assert batch.problems[tmp_path / "mixed.yaml"] == [], "skipping is no problem"
     notes = [str(i) for i in source.ignored()]
     assert len(notes) == 2, notes
@@ -218,3 +227,31 @@ def test_kinds_and_api_versions_not_read_are_listed_not_dropped(tmp_path: Path) 
     (tmp_path / "mixed.yaml").write_text(synth.dump([core_service]))
     source.reread([tmp_path / "mixed.yaml"])
     assert source.ignored() == [], "a file's skipped objects are those it holds now"
+
+
+async def test_files_are_read_and_parsed_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large file must not hold every stream still while yaml-rs parses it."""
+    import threading
+
+    from knative_xds.sources import file_read
+
+    threads: list[threading.Thread] = []
+    parse = file_read.parse_documents
+
+    def recording(path, text):
+        threads.append(threading.current_thread())
+        return parse(path, text)
+
+    monkeypatch.setattr(file_read, "parse_documents", recording)
+    folder = _folder(tmp_path, 2)
+    ready = asyncio.Event()
+    sink = RecordingSink(ready)
+    async with running(FileSource(folder), sink, ready), asyncio.timeout(DEADLINE):
+        await ready.wait()
+        _write(folder / "svc-1.yaml", _objects("svc-1", revision="svc-1-2"))
+        await sink.until(lambda: ("Revision", ObjectKey("default", "svc-1-2")) in sink.state())
+
+    assert len(threads) == 3, "two files at the first load, one edit"
+    assert threading.main_thread() not in threads

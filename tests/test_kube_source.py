@@ -67,7 +67,7 @@ async def test_first_state_waits_for_every_list_then_holds_everything(
     sink = RecordingSink()
     async with watching(server, sink) as ready:
         await held.arrived.wait()
-        await server.wait_for(lambda: len(server.requests("watch")) == 6)
+        await server.wait_for(lambda: len(server.requests("watch")) == 7)
         server.put(a_route("late"))  # reaches the source through a watch, before the gate opens
         assert sink.calls == [] and not ready.is_set()
 
@@ -309,6 +309,10 @@ async def test_every_request_is_narrowed_by_selectors(
             "/api/v1/namespaces/knative-serving/configmaps",
             (("fieldSelector", "metadata.name=config-network"),),
         ),
+        (
+            "/api/v1/namespaces/knative-serving/configmaps",
+            (("fieldSelector", "metadata.name=config-xds"),),
+        ),
     }
     for verb in ("list", "watch"):
         asked = {
@@ -365,7 +369,7 @@ _CONFIG_MAPS = {
         "/api/v1/namespaces/knative-serving/configmaps",
         (("fieldSelector", f"metadata.name={name}"),),
     )
-    for name in ("config-domain", "config-network")
+    for name in ("config-domain", "config-network", "config-xds")
 }
 
 
@@ -420,6 +424,7 @@ def test_input_routes_is_what_was_read_before_kingresses() -> None:
         ("Configuration", SERVING),
         ("EndpointSlice", "discovery.k8s.io/v1"),
         ("EndpointSlice", "discovery.k8s.io/v1"),
+        ("ConfigMap", "v1"),
         ("ConfigMap", "v1"),
         ("ConfigMap", "v1"),
     ]

@@ -130,12 +130,12 @@ async def test_a_kingress_is_ready_once_every_connected_gateway_accepted_its_gen
         await until(server, lambda: patches(server))
         assert ready_of(patches(server)[-1]) == (1, "Unknown", "NoGatewayConnected")
 
-        first = Gateway(SotwClient(channel, "gateway-1"))
+        first = Gateway(SotwClient(channel, "gateway-1"), plane.plane.ads)
         await first.converge()
         await until(server, lambda: ready_of(patches(server)[-1]) == (1, "True", ""))
 
         # A second gateway connects and asks only for clusters: it holds no route table.
-        second = Gateway(SotwClient(channel, "gateway-2"))
+        second = Gateway(SotwClient(channel, "gateway-2"), plane.plane.ads)
         await second.subscribe_wildcard(CLUSTER)
         await second.follow_clusters(await second.recv(CLUSTER))
         server.put(kingress(2, host="v2.example.com", service="hello-v2"))

@@ -3,6 +3,12 @@
 It stands in for a revision's container (`PORT` from the environment, as
 Knative gives it) and, in tests, for the activator. Run it with
 `python -m knative_xds.local.echo --name hello-00001`.
+
+The answer is `{"revision", "method", "path", "headers", "body_bytes", "pid"}`: `path`
+is the request target as sent (query included), `headers` has lower-case names,
+and the body is counted as it streams in, never held; `?sleep=SECONDS` delays the
+answer (at most a minute). A websocket upgrade is
+accepted and every message is sent back as it came.
 """
 
 from __future__ import annotations
@@ -12,28 +18,62 @@ import asyncio
 import contextlib
 import json
 import os
+from collections.abc import Mapping
 
-from .http import Message, encode, serve
+from aiohttp import WSMsgType, web
 
 
-def answer(name: str, start: str, headers: tuple[tuple[str, str], ...], body: bytes) -> bytes:
-    method, _, rest = start.partition(" ")
-    payload = {
+def answer(
+    name: str, *, method: str, path: str, headers: Mapping[str, str], body_bytes: int
+) -> dict:
+    return {
         "revision": name,
         "method": method,
-        "path": rest.rsplit(" ", 1)[0],
-        "headers": {k.lower(): v for k, v in headers},
-        "body_bytes": len(body),
+        "path": path,
+        "headers": {k.lower(): v for k, v in headers.items()},
+        "body_bytes": body_bytes,
+        "pid": os.getpid(),  # which process answered, when a revision runs several
     }
-    data = json.dumps(payload).encode() + b"\n"
-    return encode("HTTP/1.1 200 OK", (("Content-Type", "application/json"),), data)
+
+
+async def _echo_websocket(request: web.BaseRequest) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type is WSMsgType.TEXT:
+            await ws.send_str(msg.data)
+        elif msg.type is WSMsgType.BINARY:
+            await ws.send_bytes(msg.data)
+    return ws
+
+
+def handler(name: str):
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await _echo_websocket(request)
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+        if "sleep" in request.query:  # `?sleep=SECONDS`: a slow answer, to load a revision
+            try:
+                await asyncio.sleep(min(max(float(request.query["sleep"]), 0.0), 60.0))
+            except ValueError:
+                return web.Response(status=400, text="?sleep= takes a number of seconds\n")
+        payload = answer(
+            name,
+            method=request.method,
+            path=request.raw_path,
+            headers=request.headers,
+            body_bytes=size,
+        )
+        return web.Response(text=json.dumps(payload) + "\n", content_type="application/json")
+
+    return handle
 
 
 async def serve_echo(name: str, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
-    async def handle(msg: Message) -> bytes:
-        return answer(name, msg.start, msg.headers, msg.body)
-
-    return await serve(handle, host, port)
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(web.Server(handler(name), access_log=None), host, port)
 
 
 def bound_port(server: asyncio.Server) -> int:

@@ -2,8 +2,9 @@
 
 The control plane runs on a `LocalSource`: the watched files, with Knative's
 part played on this machine (revisions with a local `command` run as
-processes, the activator wakes them, and their EndpointSlices join the objects
-read). Order matters for a first request that works: the activator and the
+processes, the activator wakes them, the autoscaler sizes them from what
+Envoy's admin says is in flight, and each ready process's EndpointSlice joins
+the objects read). Order matters for a first request that works: the activator and the
 revisions that start above zero are up before the first state is published, so
 Envoy's first configuration already has somewhere to send every route.
 """
@@ -29,42 +30,71 @@ from ..envoy import (
     wait_ready,
 )
 from ..model import Problem, RawObject, State, Visibility
+from ..serving import RevisionHistory, ServingStage
 from ..sources.base import Changes, Sink, SourceEvent
 from ..sources.file import FileSource
-from .activator import LocalActivator
+from .activator import LocalActivator, h2c_available
+from .autoscaler import DEFAULT_GRACE, Autoscaler, EnvoyAdmin
 from .runner import LocalRevisions, Runnable, slice_object
 
 log = logging.getLogger(__name__)
 
 
-def _local_slices(activator_port: int, revisions: LocalRevisions) -> dict:
-    """The EndpointSlices Knative would have: the activator's, and each running revision's."""
-    slices = [RawObject.from_dict(synth.activator_slice("127.0.0.1", activator_port), "local")]
-    slices += [slice_object(key, port) for key, port in revisions.running().items()]
+def _local_slices(activator_ports: tuple[int, int | None], revisions: LocalRevisions) -> dict:
+    """The EndpointSlices Knative would have: the activator's (its HTTP/1.1 and h2c ports),
+    and each running revision's."""
+    slices = [RawObject.from_dict(synth.activator_slice("127.0.0.1", *activator_ports), "local")]
+    slices += [
+        slice_object(key, port, h2c=revisions.speaks_h2c(key))
+        for key, ports in revisions.running().items()
+        for port in ports
+    ]
     return {raw.ident: raw for raw in slices}
 
 
 class LocalSource:
     """The files, with revisions run here: a `Source`, like the file source it wraps.
 
-    The revision processes and the activator live as long as `run`.
+    The revision processes and the activator live as long as `run`. With a `history`,
+    Knative Services and Configurations are reconciled between the files and the rest.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.files = FileSource(path)
-        self.revisions = LocalRevisions(self._publish)
+    def __init__(
+        self,
+        path: Path,
+        *,
+        state_dir: Path | None = None,
+        history: RevisionHistory | None = None,
+        admin_port: int = 9901,
+        grace: float = DEFAULT_GRACE,
+    ) -> None:
+        self.files = FileSource(path, state_dir=state_dir)
+        self.history = history
+        # Envoy's admin: what the autoscaler samples and what says a process is drained.
+        self.envoy = EnvoyAdmin(admin_port)
+        # The revisions' output, one file each; kept after `up` ends, like Envoy's log.
+        self.log_dir = Path(tempfile.mkdtemp(prefix="knative-xds-revisions-"))
+        self.revisions = LocalRevisions(
+            self._publish, log_dir=self.log_dir, drained=self.envoy.drained
+        )
+        self.autoscaler = Autoscaler(self.revisions, self.envoy.loads, grace=grace)
         self._sink: _StartingRevisions | None = None
 
     async def run(self, sink: Sink, ready: asyncio.Event) -> None:
         self.files.check()
-        activator = LocalActivator(self.revisions)
+        activator = LocalActivator(self.revisions, on_demand=self.autoscaler.demand)
         try:
-            port = await activator.start()
-            self._sink = _StartingRevisions(sink, self.revisions, port)
-            await self.files.run(self._sink, ready)
+            port = await activator.start(h2c_port=0 if h2c_available() else None)
+            self._sink = _StartingRevisions(sink, self.revisions, (port, activator.h2c_port))
+            files_sink: Sink = self._sink
+            if self.history is not None:
+                files_sink = ServingStage(self._sink, self.history)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.autoscaler.run(), name="autoscaler")
+                tasks.create_task(self.files.run(files_sink, ready), name="files")
         finally:
             await self.revisions.close()
-            activator.close()
+            await activator.close()
 
     def _publish(self, changes: Changes) -> None:
         """A revision's process listens (or is gone): its EndpointSlice changes."""
@@ -76,10 +106,12 @@ class _StartingRevisions:
     """A sink in front of the plane's: starts the revisions the objects name, and adds the
     EndpointSlices of the activator and of every revision running."""
 
-    def __init__(self, sink: Sink, revisions: LocalRevisions, activator_port: int) -> None:
+    def __init__(
+        self, sink: Sink, revisions: LocalRevisions, activator_ports: tuple[int, int | None]
+    ) -> None:
         self._sink = sink
         self._revisions = revisions
-        self._activator_port = activator_port
+        self._activator_ports = activator_ports
         self._to_start: list[Runnable] = []
         self._loaded = False
 
@@ -92,7 +124,7 @@ class _StartingRevisions:
             self.stage(changes)
         await self._revisions.start_all(self._to_start)
         self._to_start = []
-        local = _local_slices(self._activator_port, self._revisions)
+        local = _local_slices(self._activator_ports, self._revisions)
         # From here a revision's slice is submitted: the sink applies it after the load.
         self._loaded = True
         return await self._sink.load(local)
@@ -136,10 +168,18 @@ def where_to_send(state: State, settings: Settings) -> str:
     )
 
 
-async def run_up(args: argparse.Namespace, settings: Settings) -> int:
+async def run_up(
+    args: argparse.Namespace, settings: Settings, history: RevisionHistory | None = None
+) -> int:
     require_envoy()  # fail before starting anything if there is no Envoy to run
     plane = ControlPlane(settings)
-    source = LocalSource(args.path)
+    source = LocalSource(
+        args.path,
+        state_dir=getattr(args, "state_dir", None),
+        history=history,
+        admin_port=args.admin_port,
+        grace=getattr(args, "scale_to_zero_grace", DEFAULT_GRACE),
+    )
     source.files.check()
     ready = asyncio.Event()
     envoy = None
@@ -151,6 +191,7 @@ async def run_up(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"problem: {problem}", file=sys.stderr)
             xds_port = await plane.start_xds(f"127.0.0.1:{args.xds_port}")
             envoy, workdir = await _start_envoy(xds_port, args)
+            source.envoy.pid = envoy.pid  # its connections tell when a process is drained
             assert plane.first_load is not None
             state = plane.first_load.update.state
             print(

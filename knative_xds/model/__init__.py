@@ -3,11 +3,13 @@
 from .objects import RawObject
 from .resolve import Resolver, Update
 from .types import (
+    AccessLogFormat,
     ActivatorEndpoints,
     ActivatorMode,
     Backend,
     Certificate,
     Endpoint,
+    GatewayOptions,
     HttpOption,
     Ingress,
     ObjectKey,
@@ -22,11 +24,13 @@ from .types import (
 )
 
 __all__ = [
+    "AccessLogFormat",
     "ActivatorEndpoints",
     "ActivatorMode",
     "Backend",
     "Certificate",
     "Endpoint",
+    "GatewayOptions",
     "HttpOption",
     "Ingress",
     "ObjectKey",

@@ -47,8 +47,15 @@ KINDS = tuple(API_VERSIONS)
 KNATIVE_NAMESPACE = "knative-serving"
 ACTIVATOR_SERVICE = "activator-service"
 NETWORK_CONFIG_MAPS = ("config-domain", "config-network")
+# The gateway's own settings (model/gateway_options.py): listeners, not hosts.
+GATEWAY_CONFIG_MAP = "config-xds"
+# Every ConfigMap of KNATIVE_NAMESPACE the model reads.
+CONFIG_MAPS = (*NETWORK_CONFIG_MAPS, GATEWAY_CONFIG_MAP)
 
 REVISION_LABEL = "serving.knative.dev/revision"
+CONFIGURATION_LABEL = "serving.knative.dev/configuration"
+CONFIGURATION_GENERATION_LABEL = "serving.knative.dev/configurationGeneration"
+SERVICE_LABEL = "serving.knative.dev/service"  # a Knative Service's name, on what it owns
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SERVICE_TYPE_LABEL = "networking.internal.knative.dev/serviceType"
 VISIBILITY_LABEL = "networking.knative.dev/visibility"

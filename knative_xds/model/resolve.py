@@ -28,12 +28,14 @@ from .backends import BackendIndex
 from .certificates import CertificateIndex
 from .from_kingress import kingress_ingress
 from .from_routes import route_ingress
+from .gateway_options import parse_config_xds
 from .hosts import HostClaims
 from .kinds import (
     CONFIG_MAP,
     CONFIGURATION,
     DEFAULT_INGRESS_CLASS,
     ENDPOINT_SLICE,
+    GATEWAY_CONFIG_MAP,
     INGRESS,
     KINDS,
     KNATIVE_NAMESPACE,
@@ -56,7 +58,7 @@ from .objects import (
     parse_revision,
     parse_route,
 )
-from .types import ActivatorMode, Ingress, ObjectKey, Problem, State
+from .types import ActivatorMode, GatewayOptions, Ingress, ObjectKey, Problem, State
 
 _PARSERS = {
     ROUTE: parse_route,
@@ -93,6 +95,7 @@ class _Dirty:
     secrets: set[ObjectKey] = field(default_factory=set)
     activator: bool = False
     network: bool = False
+    gateway: bool = False
 
 
 class Resolver:
@@ -122,6 +125,7 @@ class Resolver:
         self._hosts = HostClaims()
         self._backends = BackendIndex(follow_public=follow_public_endpoints, mode=activator_mode)
         self._network = net.NetworkConfig()
+        self._gateway = GatewayOptions()
         self._state = State(activator_mode=activator_mode)
         self._dirty = _Dirty()
 
@@ -168,6 +172,7 @@ class Resolver:
                 dirty.activator |= activator
             elif kind == CONFIG_MAP and key.namespace == KNATIVE_NAMESPACE:
                 dirty.network |= key.name in NETWORK_CONFIG_MAPS
+                dirty.gateway |= key.name == GATEWAY_CONFIG_MAP
 
     def _ours(self, raw: RawObject) -> bool:
         try:
@@ -182,6 +187,11 @@ class Resolver:
             self._network = self._read_network()
             dirty.ingresses |= {i for i in self._seen if i[0] == ROUTE}
             dirty.ingresses |= {(ROUTE, k) for k, v in self._ingresses.items() if v.kind == ROUTE}
+        # Gateway options change listeners only: no Ingress is resolved again for them.
+        gateway_moved = False
+        if dirty.gateway:
+            gateway = self._read_gateway()
+            gateway_moved, self._gateway = gateway != self._gateway, gateway
         before = dict(self._ingresses)
         changed = self._resolve_ingresses(dirty.ingresses)
         touched = set(dirty.backends)
@@ -195,7 +205,7 @@ class Resolver:
         changed_certs = self._certificates.refresh(
             dirty.secrets, lambda k: self._specs.get((SECRET, k))
         )
-        if changed or changed_backends or changed_certs or dirty.activator:
+        if changed or changed_backends or changed_certs or dirty.activator or gateway_moved:
             last = self._state
             self._state = State(
                 ingresses=_carry(last.ingresses, self._ingresses, changed),
@@ -206,6 +216,7 @@ class Resolver:
                 ),
                 activator=self._backends.activator,
                 activator_mode=self._mode,
+                gateway=self._gateway,
             )
         return Update(
             state=self._state,
@@ -283,6 +294,25 @@ class Resolver:
                 continue
             self._specs[ident] = config
         return config
+
+    def _read_gateway(self) -> GatewayOptions:
+        """`config-xds` read whole: defaults when it is absent, the last good options
+        while it is bad (its Problem says why)."""
+        ident = (CONFIG_MAP, ObjectKey(KNATIVE_NAMESPACE, GATEWAY_CONFIG_MAP))
+        raw = self._config_maps.get(ident)
+        if raw is None:
+            return GatewayOptions()
+        try:
+            options = parse_config_xds(raw)
+        except Exception as e:  # a ConfigMap must never stop the pipeline
+            self._parse_problems[ident] = (
+                Problem(raw.origin, CONFIG_MAP, str(ident[1]), e.field, e.message)
+                if isinstance(e, ObjectError)
+                else _unexpected(raw.origin, ident, e)
+            )
+            return self._gateway
+        self._parse_problems.pop(ident, None)
+        return options
 
     # -- ingresses --------------------------------------------------------------------
 

@@ -193,6 +193,36 @@ class ActivatorEndpoints:
         return self.h2c if protocol is Protocol.H2C else self.http
 
 
+class AccessLogFormat(enum.Enum):
+    """How an access log line is written: Envoy's text format (or the template), or JSON."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayOptions:
+    """The gateway's settings from ConfigMap `config-xds` (model/gateway_options.py).
+
+    Every field's default is the gateway as it is with no such ConfigMap; None
+    means "not set here": the control plane's flag or the edge default applies.
+    """
+
+    access_log: bool = False
+    # Envoy format commands (`%REQ(:PATH)%`); empty: Envoy's default line. With JSON,
+    # the field names and their commands.
+    access_log_template: str = ""
+    access_log_json: tuple[tuple[str, str], ...] = ()
+    access_log_format: AccessLogFormat = AccessLogFormat.TEXT
+    proxy_protocol: bool = False
+    cipher_suites: tuple[str, ...] = ()  # empty: Envoy's defaults
+    min_tls_version: str = ""  # "1.0" to "1.3"; empty: Envoy's default (1.2)
+    stream_idle_timeout: float | None = None  # seconds, 0 turns it off
+    trusted_hops: int | None = None
+    # Parsed and kept; the internal listener does not serve TLS yet.
+    cluster_cert_secret: str = ""
+
+
 def _frozen_map(value: Mapping) -> Map:
     # A persistent map: the resolver derives each State from the last by setting only
     # what changed, sharing the rest, so an edit does not copy every Route.
@@ -213,6 +243,7 @@ class State:
     certificates: Mapping[ObjectKey, Certificate] = field(default_factory=dict)
     activator: ActivatorEndpoints = ActivatorEndpoints()
     activator_mode: ActivatorMode = ActivatorMode.AT_ZERO
+    gateway: GatewayOptions = GatewayOptions()
 
     def __post_init__(self) -> None:
         for name in ("ingresses", "endpoints", "backends", "certificates"):

@@ -240,14 +240,13 @@ class Stream:
         """Plan one type, looking only at names that may have changed for this client."""
         sub = self.subs[type_url]
         only: set[str] | None = None
-        if sub.responded and sub.planned_at >= 0 and sub.planned_epoch == sub.names_epoch:
-            only = self._cache.changed_since(type_url, sub.planned_at)
+        since = sub.changes_since()
+        if since is not None:
+            only = self._cache.changed_since(type_url, since)
             if only is not None and not (only or sub.recheck or sub.unsettled or sub.held_gone):
                 return None
         plan = plan_type(type_url, snapshot, self.subs, only, delta=self._delta)
-        sub.recheck = set(plan.recheck)
-        sub.planned_at = snapshot.counters.get(type_url, 0)
-        sub.planned_epoch = sub.names_epoch
+        sub.cursor.planned(snapshot.counters.get(type_url, 0), plan.recheck)
         return plan.out
 
     def _after_send(self, out: Outgoing) -> None:

@@ -1,205 +1,97 @@
-"""What one client has asked for and holds, for one resource type. No I/O, no awaits.
+"""One client's state for one resource type: three small parts, composed. No I/O, no awaits.
 
-One `Subscription` exists per (stream, type URL). It answers the questions the
-server asks before every send: which names does the client want (the wildcard
-rules live here), what did we last send it, and what has it accepted. The
-stream loop feeds it requests and records what it sent; `plan.py` reads it.
+One `Subscription` exists per (stream, type URL), made of:
 
-Wildcard rules (xDS protocol, "How the client specifies what resources to
-return"): a client whose first request names nothing is a legacy wildcard
-subscriber, and stays one while it keeps naming nothing; `*` subscribes to the
-wildcard explicitly. Once a client has named anything, an empty list means
-"nothing", not "everything".
+- `interest` (`interest.py`): what the client asked for, and the wildcard rules;
+- `delivery` (`delivery.py`): what it was sent, has in flight and has accepted or
+  rejected, and which clusters its route tables name;
+- `cursor` (`cursor.py`): where planning stands, i.e. what the next plan looks at.
+
+A request changes the interest, and what that means for the other two is applied
+here, in one place. The stream loop feeds it requests and records what it sent;
+`plan.py`, CSDS, the status view and metrics only read it, through the
+properties below.
 """
 
 from __future__ import annotations
 
-import enum
-import sys
-import time
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 
 from immutables import Map
 
-from ..resources import CLUSTER, ENDPOINT, ROUTE, Resource
-from .limits import truncated
+from ..resources import Resource
+from .cursor import PlanCursor
+from .delivery import EMPTY, Decision, Delivery, InFlight, Nack
+from .interest import (
+    WILDCARD,
+    Interest,
+    NameChange,
+    interned_name_sets,
+    release_names,
+    release_unused_names,
+)
 
-WILDCARD = "*"
-EMPTY: Map = Map()
-
-
-class Decision(enum.Enum):
-    """How a request is classified; the stream logs one fixed tag per decision."""
-
-    INITIAL = "INITIAL"  # first request for this type on the stream
-    ACK = "ACK"  # echoes the latest nonce, no error
-    NACK = "NACK"  # error_detail set: the client rejected a response
-    STALE = "STALE"  # echoes an older nonce: SotW name changes are ignored
-    SUBSCRIPTION_CHANGE = "SUBSCRIBE"  # the set of names changed
-
-
-@dataclass(frozen=True, slots=True)
-class Nack:
-    nonce: str
-    version: str  # the version the client keeps running (its last accepted one)
-    message: str
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class InFlight:
-    """One response sent and not yet answered."""
-
-    version: str
-    full_state: bool
-    resources: Mapping[str, Resource]
-    removed: frozenset[str]
+__all__ = [
+    "EMPTY",
+    "WILDCARD",
+    "Decision",
+    "InFlight",
+    "Nack",
+    "Subscription",
+    "interned_name_sets",
+    "release_names",
+    "release_unused_names",
+]
 
 
-@dataclass(slots=True, weakref_slot=True)
 class Subscription:
-    type_url: str
-    wildcard: bool = False
-    # Interned: Envoys of one gateway fleet ask for the same thousands of names.
-    names: frozenset[str] = frozenset()
-    # Legacy wildcard is allowed until the client names something (including `*`).
-    legacy_allowed: bool = True
-    # What we last sent, per name: the client's view if it accepts everything.
-    # Persistent maps, like the snapshot's: a client sent the snapshot's whole set holds
-    # that very map, and each later change shares all the rest, so a hundred gateways
-    # holding the same 10,000 route tables cost about one copy of them.
-    sent: Map = EMPTY
-    # What the client accepted (applied), per name.
-    acked: Map = EMPTY
-    # Responses sent and not yet answered, by nonce.
-    inflight: dict[str, InFlight] = field(default_factory=dict)
-    # Route tables only: per cluster, how many tables accepted or in flight name it.
-    # Counted as tables come and go, so asking costs the same at any size.
-    held_refs: Map = EMPTY
-    responded: bool = False
-    last_nonce: str | None = None
-    acked_version: str = ""
-    last_nack: Nack | None = None
-    # Delta: subscribed names we told the client do not exist (sent once in removed_resources).
-    told_missing: set[str] = field(default_factory=set)
-    # Delta: names the client may hold whose fate the next response must settle: sent
-    # again if the client still gets them, else listed removed. Unsubscribing a name the
-    # wildcard still covers, and holding a name on reconnect that is gone, put them here.
-    unsettled: set[str] = field(default_factory=set)
-    # Delta clusters and endpoints a reconnecting client holds that are gone: not listed
-    # removed until its route tables are known not to name them (make before break
-    # across a control-plane restart, whose new process never saw those tables).
-    held_gone: set[str] = field(default_factory=set)
-    # Delta route tables a reconnecting client holds whose content we do not know (a
-    # version we did not make): until each is sent anew or removed, any cluster may be named.
-    held_unknown: set[str] = field(default_factory=set)
-    # A repeated first request: the route-table counts are rebuilt at the next ACK.
-    recount: bool = False
-    # Names to evaluate on the next plan even if the snapshot did not change them:
-    # names just asked for, route tables held back, clusters kept for old routes,
-    # endpoints to resend.
-    recheck: set[str] = field(default_factory=set)
-    # Bumped when the wildcard starts or ends, or a Delta reconnect says what it holds:
-    # the next plan looks at every name. Names asked for one by one go to `recheck`.
-    names_epoch: int = 0
-    # The snapshot counter and names epoch of this type when it was last planned.
-    planned_at: int = -1
-    planned_epoch: int = -1
+    __slots__ = ("__weakref__", "cursor", "delivery", "interest", "type_url")
 
-    # -- what the client wants --------------------------------------------------------
+    def __init__(self, type_url: str, *, wildcard: bool = False) -> None:
+        self.type_url = type_url
+        self.interest = Interest(wildcard=wildcard)
+        self.delivery = Delivery(type_url)
+        self.cursor = PlanCursor()
 
-    def covers(self, name: str) -> bool:
-        return self.wildcard or name in self.names
+    def __repr__(self) -> str:
+        return f"Subscription({self.type_url!r}, {self.interest}, {len(self.sent)} sent)"
+
+    # -- requests -------------------------------------------------------------------------
 
     def set_names(self, names: Iterable[str]) -> set[str]:
         """SotW: the request's list replaces the subscription. Returns names dropped."""
-        requested = set(names)
-        if not requested and self.legacy_allowed:
-            self._set_wildcard(True)
-            return set()
-        self.legacy_allowed = False
-        wildcard = WILDCARD in requested
-        requested.discard(WILDCARD)
-        dropped = self.names - requested
-        # Only the names just asked for can need sending: the rest were planned already.
-        self.recheck |= requested - self.names
-        self._set_wildcard(wildcard)
-        self.names = _interned(frozenset(requested))
-        self._forget(dropped)
-        return dropped
+        self.interest, change = self.interest.sotw(names)
+        self._apply(change)
+        return set(change.dropped)
 
     def update_names(self, subscribe: Iterable[str], unsubscribe: Iterable[str]) -> None:
         """Delta: the request adds and removes names; honoured whatever the nonce."""
-        sub, unsub = set(subscribe), set(unsubscribe)
-        if not self.responded and not sub and not unsub and self.legacy_allowed:
-            self._set_wildcard(True)
-        if sub or unsub:
-            self.legacy_allowed = False
-        if WILDCARD in sub:
-            self._set_wildcard(True)
-        if WILDCARD in unsub:
-            self._set_wildcard(False)
-        sub.discard(WILDCARD)
-        unsub.discard(WILDCARD)
-        if self.wildcard:
-            # Still covered by the wildcard, but the client cannot tell: the protocol has
-            # the server send it again (or list it removed) so the client knows to keep it.
-            self.unsettled |= {n for n in unsub & self.names if n in self.sent}
-        else:
-            self._forget(unsub)
-        if sub or unsub:
-            self.names = _interned((self.names | sub) - unsub)
-        self.told_missing -= sub
-        self.recheck |= sub  # to send, or to say once that it does not exist
+        first = not self.delivery.responded
+        self.interest, change = self.interest.delta(subscribe, unsubscribe, first=first)
+        self._apply(change)
 
-    def _set_wildcard(self, wildcard: bool) -> None:
-        """Starting or ending the wildcard changes which of every name the client gets,
-        so the next plan looks at all of them."""
-        if wildcard != self.wildcard:
-            self.wildcard = wildcard
-            self.names_epoch += 1
+    def _apply(self, change: NameChange) -> None:
+        if change.wildcard_changed:
+            self.cursor.look_at_everything()
+        self.delivery.unsettle(change.covered)
+        self.delivery.forget(change.dropped)
+        self.delivery.expect(change.added)
+        self.cursor.look_at(change.added)  # to send, or to say once that it does not exist
 
     def restart(self) -> None:
         """The client may hold nothing: plan and answer as for a first request.
 
         Not having responded makes the next plan look at every name; the changelog
         alone would find nothing new, and nothing would be sent.
-
-        What it accepted is forgotten, so a route table waits for its clusters to be
-        accepted again. The route tables it may still hold keep their clusters alive
-        (`held_refs` is kept) until it accepts what this restart sends; then the
-        counts are rebuilt from what it holds by then.
         """
-        self.sent = EMPTY
-        self.responded = False
-        self.acked = EMPTY
-        self.recount = self.type_url == ROUTE
-
-    def _forget(self, names: Iterable[str]) -> None:
-        for n in names:
-            self.sent = _without(self.sent, (n,))
-            self._unaccept(n)
-            self.told_missing.discard(n)
+        self.delivery.restart()
 
     def seed_known(self, versions: Mapping[str, str], available: Mapping[str, Resource]) -> None:
-        """Delta reconnect: the client already holds these versions; skip what matches.
+        """Delta reconnect: the client already holds these versions; skip what matches."""
+        self.cursor.look_at_everything()
+        self.delivery.seed(versions, available)
 
-        What it holds that no longer exists must be listed removed, or it keeps it forever.
-        """
-        self.names_epoch += 1
-        keeps_removed = self.type_url in (CLUSTER, ENDPOINT)
-        for name, version in versions.items():
-            current = available.get(name)
-            if current is None:
-                (self.held_gone if keeps_removed else self.unsettled).add(name)
-            elif current.version == version:
-                self.sent = self.sent.set(name, current)
-                self._set_accepted(name, current)
-            if self.type_url == ROUTE and (current is None or current.version != version):
-                self.held_unknown.add(name)
-
-    # -- what was sent and answered ---------------------------------------------------
+    # -- responses and answers --------------------------------------------------------------
 
     def record_sent(
         self,
@@ -210,191 +102,96 @@ class Subscription:
         full_state: bool,
         removed: Iterable[str] = (),
     ) -> None:
-        removed = frozenset(removed)
-        resources = _persistent(resources)
-        # A full set, or a first response, is taken as it is: when it is the snapshot's
-        # own map, this client shares it with the snapshot and every other client.
-        sent = resources if full_state or not self.sent else self.sent.update(resources)
-        self.sent = _without(sent, removed)
-        if self.type_url == ROUTE and not self.held_refs:
-            # Nothing held yet: the counts are the response's, shared likewise.
-            self.held_refs = _ref_counts(resources)
-        else:
-            self._count(resources.values(), 1)
-        self.told_missing |= {n for n in removed if n in self.names}
-        # The response was planned from this state, so it settled every unsettled name.
-        self.unsettled.clear()
-        if self.held_gone:
-            self.held_gone.difference_update(resources.keys(), removed)
-        if self.held_unknown:
-            self.held_unknown.difference_update(resources.keys(), removed)
-        self.inflight[nonce] = InFlight(version, full_state, resources, removed)
-        self.last_nonce = nonce
-        self.responded = True
+        self.delivery.record_sent(
+            nonce,
+            resources,
+            version=version,
+            full_state=full_state,
+            removed=removed,
+            named=self.interest.names,
+        )
 
     def forget_sent(self, names: Iterable[str]) -> None:
         """Make these names be sent again (EDS after its cluster changed: Envoy won't ask)."""
-        for n in names:
-            self.sent = _without(self.sent, (n,))
-            self.recheck.add(n)
+        names = tuple(names)
+        self.delivery.forget_sent(names)
+        self.cursor.look_at(names)
 
     def answer(self, nonce: str, error: str | None) -> Decision | None:
         """Apply an ACK or NACK of `nonce`; None if the nonce is not one we have in flight."""
-        if nonce not in self.inflight:
-            return None
-        for older in [n for n in self.inflight if _seq(n) < _seq(nonce)]:
-            # Responses are applied in order, so an older one still in flight was accepted.
-            self._accept(self.inflight.pop(older))
-        answered = self.inflight.pop(nonce)
-        if error is not None:
-            # Nothing was applied: the response's tables are no longer held.
-            self._count(answered.resources.values(), -1)
-            self.last_nack = Nack(
-                nonce=nonce, version=self.acked_version, message=truncated(error), at=time.time()
-            )
-            return Decision.NACK
-        self._accept(answered)
-        return Decision.ACK
+        return self.delivery.answer(nonce, error)
 
-    def _accept(self, response: InFlight) -> None:
-        # From what was sent, not from the request's version_info: Delta requests carry none.
-        self.acked_version = response.version
-        resources = response.resources
-        if self.acked:
-            # Counted once in flight, a table now counts as accepted instead: only the
-            # accepted version it replaces (or, sent again unchanged, itself) drops out.
-            self._count((self.acked[n] for n in resources if n in self.acked), -1)
-        if response.full_state:
-            self._count((r for n, r in self.acked.items() if n not in resources), -1)
-            self.acked = resources
-        else:
-            self.acked = resources if not self.acked else self.acked.update(resources)
-        for n in response.removed:
-            self._unaccept(n)
-        if self.recount:
-            # After a repeated first request: what it holds now is what it accepted since,
-            # plus what is still in flight; the tables it held before are gone or replaced.
-            self.recount = False
-            counts = _counted(EMPTY, self.acked.values(), 1)
-            for pending in self.inflight.values():
-                counts = _counted(counts, pending.resources.values(), 1)
-            self.held_refs = counts
+    def changes_since(self) -> int | None:
+        """The snapshot counter after which only changed names need planning; None: all."""
+        return self.cursor.since() if self.delivery.responded else None
 
-    def _set_accepted(self, name: str, resource: Resource) -> None:
-        if self.acked.get(name) is resource:
-            return
-        self._unaccept(name)
-        self.acked = self.acked.set(name, resource)
-        self._count((resource,), 1)
+    # -- read by plan.py and observers ----------------------------------------------------
 
-    def _unaccept(self, name: str) -> None:
-        old = self.acked.get(name)
-        if old is not None:
-            self.acked = self.acked.delete(name)
-            self._count((old,), -1)
-
-    def _count(self, resources: Iterable[Resource], step: int) -> None:
-        if self.type_url == ROUTE:  # only a table's clusters are asked about
-            self.held_refs = _counted(self.held_refs, resources, step)
+    def covers(self, name: str) -> bool:
+        return self.interest.covers(name)
 
     def holds_ref(self, name: str) -> bool:
-        """Does a resource the client holds or may be applying (accepted or in flight) name it?"""
-        return name in self.held_refs
+        return self.delivery.holds_ref(name)
 
     def knows_held(self) -> bool:
-        """Delta route tables: is every table the client may hold one we sent (or removed)?"""
-        return not self.held_unknown and not self.unsettled
+        return self.delivery.knows_held()
 
+    @property
+    def wildcard(self) -> bool:
+        return self.interest.wildcard
 
-_NAME_SETS: dict[frozenset[str], frozenset[str]] = {}
+    @property
+    def names(self) -> frozenset[str]:
+        return self.interest.names
 
+    @property
+    def legacy_allowed(self) -> bool:
+        return self.interest.legacy_allowed
 
-def _interned(names: frozenset[str]) -> frozenset[str]:
-    """One shared copy of each name set in use: a hundred Envoys subscribed to the same
-    10,000 route tables would otherwise hold a hundred copies (about 0.5 MB each)."""
-    if len(names) < 64:
-        return names  # not worth a look-up
-    if len(_NAME_SETS) >= 64:
-        release_unused_names()
-    if len(_NAME_SETS) >= 64:
-        _NAME_SETS.clear()
-    return _NAME_SETS.setdefault(names, names)
+    @property
+    def sent(self) -> Map:
+        return self.delivery.sent
 
+    @property
+    def acked(self) -> Map:
+        return self.delivery.acked
 
-def release_unused_names() -> None:
-    """Drop the shared name sets no subscription holds any more (called as streams close):
-    a client that asked for 100,000 names and left must not keep them alive here."""
-    for names in [n for n in _NAME_SETS.values() if sys.getrefcount(n) <= _UNUSED_REFS]:
-        del _NAME_SETS[names]
+    @property
+    def inflight(self) -> Mapping[str, InFlight]:
+        return self.delivery.inflight
 
+    @property
+    def responded(self) -> bool:
+        return self.delivery.responded
 
-def release_names(subs: Iterable[Subscription]) -> None:
-    """A stream closed: drop the shared name sets of its subscriptions that no other
-    subscription uses, so a client that asked for 100,000 names and left keeps none here."""
-    for sub in subs:
-        names = sub.names
-        # Held by the dict (key and value), this subscription, `names` and the call.
-        if _NAME_SETS.get(names) is names and sys.getrefcount(names) <= _UNUSED_REFS + 1:
-            del _NAME_SETS[names]
+    @property
+    def last_nonce(self) -> str | None:
+        return self.delivery.last_nonce
 
+    @property
+    def acked_version(self) -> str:
+        return self.delivery.acked_version
 
-def interned_name_sets() -> int:
-    """How many shared name sets are kept (for tests and status)."""
-    return len(_NAME_SETS)
+    @property
+    def last_nack(self) -> Nack | None:
+        return self.delivery.last_nack
 
+    @property
+    def told_missing(self) -> set[str]:
+        return self.delivery.told_missing
 
-# References to a kept set that no subscription holds: the dict's key and value, the
-# list comprehension's variable and getrefcount's own argument.
-_UNUSED_REFS = 4
+    @property
+    def unsettled(self) -> set[str]:
+        return self.delivery.unsettled
 
+    @property
+    def held_gone(self) -> set[str]:
+        return self.delivery.held_gone
 
-def _persistent(resources: Mapping[str, Resource]) -> Map:
-    return resources if isinstance(resources, Map) else Map(resources)
+    @property
+    def recheck(self) -> set[str]:
+        return self.cursor.recheck
 
-
-def _without(resources: Map, names: Collection[str]) -> Map:
-    if not names:
-        return resources
-    with resources.mutate() as out:
-        for n in names:
-            out.pop(n, None)
-        return out.finish()
-
-
-def _counted(counts: Map, resources: Iterable[Resource], step: int) -> Map:
-    """`counts` with each resource's references counted `step` more (kept at zero: dropped)."""
-    with counts.mutate() as out:
-        for resource in resources:
-            for ref in resource.refs:
-                left = out.get(ref, 0) + step
-                if left:
-                    out[ref] = left
-                else:
-                    del out[ref]
-        return out.finish()
-
-
-_REF_COUNTS: dict[int, tuple[Map, Map]] = {}
-
-
-def _ref_counts(tables: Map) -> Map:
-    """How many of `tables` name each cluster.
-
-    Remembered for the few latest maps it was asked about, by identity: every
-    client sent the same snapshot's tables shares one result.
-    """
-    hit = _REF_COUNTS.get(id(tables))
-    if hit is not None and hit[0] is tables:
-        return hit[1]
-    counts = _counted(EMPTY, tables.values(), 1)
-    if len(_REF_COUNTS) >= 4:
-        _REF_COUNTS.clear()
-    _REF_COUNTS[id(tables)] = (tables, counts)
-    return counts
-
-
-def _seq(nonce: str) -> int:
-    try:
-        return int(nonce)
-    except ValueError:
-        return -1
+    @property
+    def planned_at(self) -> int:
+        return self.cursor.planned_at

@@ -27,9 +27,9 @@ Resolver's) the revisions' `Public` slices are read instead, and the
 unlabelled ones by a watch of their own. With `input="routes"`: Knative's
 Routes, Revisions and Configurations (all namespaces), the revisions' slices
 (label `serving.knative.dev/revision` too) and the activator's in
-`knative-serving`. Both read the ConfigMaps `config-domain` and
-`config-network` there, one named watch each (which RBAC can grant by
-`resourceNames`).
+`knative-serving`. Both read the ConfigMaps `config-domain`,
+`config-network` and `config-xds` (the gateway's options) there, one named
+watch each (which RBAC can grant by `resourceNames`).
 
 What is kept: only the fields the model reads (`kinds.KEEP`, `KEEP_METADATA`,
 `KEEP_ANNOTATIONS`), so memory grows with the Knative objects and not with
@@ -61,6 +61,7 @@ from ..model import ObjectKey, Problem, RawObject
 from ..model.kinds import (
     ACTIVATOR_SERVICE,
     CONFIG_MAP,
+    CONFIG_MAPS,
     CONFIGURATION,
     CORE,
     DISCOVERY,
@@ -72,7 +73,6 @@ from ..model.kinds import (
     KEEP_METADATA,
     KINDS,
     KNATIVE_NAMESPACE,
-    NETWORK_CONFIG_MAPS,
     NETWORKING,
     REVISION,
     REVISION_LABEL,
@@ -129,7 +129,7 @@ def collections(
             namespace=KNATIVE_NAMESPACE,
             field_selector=f"metadata.name={name}",
         )
-        for name in NETWORK_CONFIG_MAPS
+        for name in CONFIG_MAPS
     )
     if read is Input.ROUTES:
         return (

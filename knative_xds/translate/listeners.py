@@ -1,5 +1,9 @@
 """The gateway's listeners: external (public hosts), internal (cluster-local hosts), and
-external-tls (public hosts over HTTPS, a filter chain per certificate, chosen by SNI)."""
+external-tls (public hosts over HTTPS, a filter chain per certificate, chosen by SNI).
+
+`config-xds` (GatewayOptions) adds an access log to every listener, the PROXY
+protocol to the external ones and a TLS policy to the HTTPS one (access_log.py).
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from google.protobuf import any_pb2
 
-from ..model import ObjectKey, Tls
+from ..model import GatewayOptions, ObjectKey, Tls
 from ..resources import Resource
+from .access_log import access_logs, proxy_protocol_filters, tls_parameters
 from .clusters import ads_config_source
 from .edge import CONNECTION_LIMIT_FILTER, EDGE, Edge, buffer_limit, connection_limit, harden
 from .names import Listener, secret_name
@@ -26,6 +31,7 @@ HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 TLS_SOCKET = "envoy.transport_sockets.tls"
+NO_OPTIONS = GatewayOptions()
 
 
 def _pack(message) -> any_pb2.Any:
@@ -35,7 +41,10 @@ def _pack(message) -> any_pb2.Any:
 
 
 def connection_manager(
-    listener: Listener, edge: Edge = EDGE, trusted_hops: int = 0
+    listener: Listener,
+    edge: Edge = EDGE,
+    trusted_hops: int = 0,
+    options: GatewayOptions = NO_OPTIONS,
 ) -> hcm.HttpConnectionManager:
     name = listener.value
     manager = hcm.HttpConnectionManager(
@@ -53,13 +62,14 @@ def connection_manager(
         ),
         http_filters=[hcm.HttpFilter(name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router()))],
         upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
+        access_log=access_logs(options),
     )
     harden(manager, edge, trusted_hops)
     return manager
 
 
 def _filters(
-    listener: Listener, edge: Edge, trusted_hops: int
+    listener: Listener, edge: Edge, trusted_hops: int, options: GatewayOptions
 ) -> list[listener_components_pb2.Filter]:
     """The connection limit first: a connection over it is closed before any parsing."""
     return [
@@ -68,7 +78,8 @@ def _filters(
             typed_config=_pack(connection_limit(listener.value, edge)),
         ),
         listener_components_pb2.Filter(
-            name=HCM_FILTER, typed_config=_pack(connection_manager(listener, edge, trusted_hops))
+            name=HCM_FILTER,
+            typed_config=_pack(connection_manager(listener, edge, trusted_hops, options)),
         ),
     ]
 
@@ -80,14 +91,26 @@ def _address(address: str, port: int) -> address_pb2.Address:
 
 
 def listener_resource(
-    *, listener: Listener, address: str, port: int, edge: Edge = EDGE, trusted_hops: int = 0
+    *,
+    listener: Listener,
+    address: str,
+    port: int,
+    edge: Edge = EDGE,
+    trusted_hops: int = 0,
+    options: GatewayOptions = NO_OPTIONS,
 ) -> Resource:
+    # Cluster-local clients reach the internal listener directly, never through the
+    # balancer that speaks the PROXY protocol.
+    external = listener is not Listener.INTERNAL
     msg = listener_pb2.Listener(
         name=listener.value,
         address=_address(address, port),
         per_connection_buffer_limit_bytes=buffer_limit(edge),
+        listener_filters=proxy_protocol_filters(options) if external else [],
         filter_chains=[
-            listener_components_pb2.FilterChain(filters=_filters(listener, edge, trusted_hops))
+            listener_components_pb2.FilterChain(
+                filters=_filters(listener, edge, trusted_hops, options)
+            )
         ],
     )
     return Resource.of(msg, name=msg.name)
@@ -116,13 +139,16 @@ def tls_listener_resource(
     chains: Mapping[str, tuple[str, ...]],
     edge: Edge = EDGE,
     trusted_hops: int = 0,
+    options: GatewayOptions = NO_OPTIONS,
 ) -> Resource:
     """The HTTPS listener: by SNI, one filter chain per certificate, its hosts' scopes."""
     filter_chains = []
+    params = tls_parameters(options)
     for secret, hosts in chains.items():
         context = tls_pb2.DownstreamTlsContext(
             common_tls_context=tls_pb2.CommonTlsContext(
                 alpn_protocols=["h2", "http/1.1"],
+                tls_params=params,
                 tls_certificate_sds_secret_configs=[
                     secret_pb2.SdsSecretConfig(name=secret, sds_config=ads_config_source())
                 ],
@@ -135,17 +161,19 @@ def tls_listener_resource(
                     server_names=list(hosts)
                 ),
                 transport_socket=_transport_socket(context),
-                filters=_filters(Listener.EXTERNAL_TLS, edge, trusted_hops),
+                filters=_filters(Listener.EXTERNAL_TLS, edge, trusted_hops, options),
             )
         )
     msg = listener_pb2.Listener(
         name=Listener.EXTERNAL_TLS.value,
         address=_address(address, port),
         per_connection_buffer_limit_bytes=buffer_limit(edge),
+        # The PROXY header comes before the TLS ClientHello on the wire.
         listener_filters=[
+            *proxy_protocol_filters(options),
             listener_components_pb2.ListenerFilter(
                 name=TLS_INSPECTOR, typed_config=_pack(tls_inspector_pb2.TlsInspector())
-            )
+            ),
         ],
         filter_chains=filter_chains,
     )

@@ -4,15 +4,16 @@ The translator remembers each Ingress's route tables and scopes, each
 backend's cluster and endpoints and each certificate's secret. An `Update`
 from the resolver says which Ingresses, backends and certificates changed;
 only those are rebuilt, and the result is a `Delta`: the names per type whose
-resource changed or went away.
+resource changed or went away. New gateway options (`State.gateway`, from
+ConfigMap `config-xds`) rebuild the listeners alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from ..model import Backend, Ingress, ObjectKey, Tls, Update
+from ..model import Backend, GatewayOptions, Ingress, ObjectKey, Tls, Update
 from ..resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET, Resource
 from .clusters import cluster_resource
 from .edge import EDGE, Edge
@@ -34,7 +35,8 @@ class GatewayConfig:
     external_port: int = 8080
     internal_port: int = 8081
     external_tls_port: int = 8443
-    # Load balancers in front of the gateway whose X-Forwarded-For entries are trusted.
+    # Load balancers in front of the gateway whose X-Forwarded-For entries are trusted;
+    # `trusted-hops` in config-xds, when set, wins.
     trusted_hops: int = 0
     edge: Edge = EDGE
 
@@ -79,6 +81,9 @@ class Translator:
         # Ingresses with TLS hosts: what the HTTPS listener's filter chains are made of.
         self._tls: dict[ObjectKey, tuple[Tls, ...]] = {}
         self._tls_listener: Resource | None = None
+        # The options (config-xds) the listeners were built with, and the plain ones.
+        self._options = GatewayOptions()
+        self._plain_listeners: dict[str, Resource] = {}
         self._certificates_moved = False
         self._started = False
         self.stats = Stats()
@@ -106,13 +111,15 @@ class Translator:
 
     def translate_ingresses(self, update: Update, keys: Iterable[ObjectKey], delta: Delta) -> None:
         """Step two: the route tables and scopes of these Ingresses (and the listeners)."""
-        if not self._started:
-            self._started = True
-            for resource in self._listeners():
-                delta.set(resource)
         # A certificate that came or went adds or drops its filter chain; a rotation
         # changes the secret alone.
         tls_touched, self._certificates_moved = self._certificates_moved, False
+        options = update.state.gateway
+        if not self._started or options != self._options:
+            # New options rebuild the listeners alone: no route table or scope names them.
+            tls_touched |= self._started
+            self._started, self._options = True, options
+            self._refresh_listeners(delta)
         for key in keys:
             ingress = update.state.ingresses.get(key)
             self._swap_resources(key, ingress, delta)
@@ -138,20 +145,33 @@ class Translator:
                     out[(SECRET, secret.name)] = secret
         return out
 
-    def _listeners(self) -> list[Resource]:
+    def _edge(self) -> tuple[Edge, int]:
+        """The edge limits and trusted hops: the flags', with config-xds's over them."""
+        g, options = self._gateway, self._options
+        edge = g.edge
+        if options.stream_idle_timeout is not None:
+            edge = replace(edge, stream_idle_timeout=options.stream_idle_timeout)
+        hops = g.trusted_hops if options.trusted_hops is None else options.trusted_hops
+        return edge, hops
+
+    def _refresh_listeners(self, delta: Delta) -> None:
         g = self._gateway
+        edge, hops = self._edge()
         ports = {Listener.EXTERNAL: g.external_port, Listener.INTERNAL: g.internal_port}
         self.stats.listeners_built += len(ports)
-        return [
-            listener_resource(
+        for listener, port in ports.items():
+            resource = listener_resource(
                 listener=listener,
                 address=g.listen_address,
                 port=port,
-                edge=g.edge,
-                trusted_hops=g.trusted_hops,
+                edge=edge,
+                trusted_hops=hops,
+                options=self._options,
             )
-            for listener, port in ports.items()
-        ]
+            held = self._plain_listeners.get(resource.name)
+            if held is None or held.version != resource.version:
+                delta.set(resource)
+            self._plain_listeners[resource.name] = resource
 
     def _refresh_tls_listener(self, delta: Delta) -> None:
         chains = tls_chains((key, t) for key, entries in self._tls.items() for t in entries)
@@ -165,12 +185,14 @@ class Translator:
                 self._tls_listener = None
             return
         g = self._gateway
+        edge, hops = self._edge()
         resource = tls_listener_resource(
             address=g.listen_address,
             port=g.external_tls_port,
             chains=chains,
-            edge=g.edge,
-            trusted_hops=g.trusted_hops,
+            edge=edge,
+            trusted_hops=hops,
+            options=self._options,
         )
         self.stats.listeners_built += 1
         if self._tls_listener is None or self._tls_listener.version != resource.version:

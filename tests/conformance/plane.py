@@ -94,7 +94,7 @@ class Plane:
         self.control = ControlPlane(Settings(gateway=gateway, hold_empty_start=False))
         self._client = ApiClient(Configuration(host=self.api.url))
         api = HttpApi(self._client)
-        # As `serve --kubernetes` wires it (cli._status_settings), with this machine's
+        # As `serve --kubernetes` wires it (commands/serve.py, _status_settings), with this machine's
         # load balancer names and a Lease short enough that the first term starts at once.
         self.control.report_status(api, status_settings())
         source = KubeSource(api, input="ingress", options=WATCH)

@@ -85,6 +85,7 @@ class Gateway:
     apps: dict[str, asyncio.Server] = field(default_factory=dict)
     external: int = 0
     internal: int = 0
+    tls: int = 0  # external-tls, for KIngresses with spec.tls
     admin: int = 0
     _envoy: asyncio.subprocess.Process | None = None
     _follow: asyncio.Task | None = None
@@ -120,8 +121,13 @@ class Gateway:
     async def start(self, objects: Iterable[dict]) -> None:
         self.write(objects)
         self.external, self.internal, self.admin = free_port(), free_port(), free_port()
+        self.tls = free_port()
         self.plane = ControlPlane(
-            Settings(gateway=GatewayConfig("127.0.0.1", self.external, self.internal))
+            Settings(
+                gateway=GatewayConfig(
+                    "127.0.0.1", self.external, self.internal, external_tls_port=self.tls
+                )
+            )
         )
         # As `serve --config` does: KIngresses from files have their readiness tracked.
         self.plane.report_status(None)
@@ -146,6 +152,15 @@ class Gateway:
         self._envoy = await start_envoy(boot, log_path=self.workdir / "envoy.log")
         await wait_ready(self.admin, self._envoy)
         await self.wait_until(lambda: self._listening(), what="Envoy's listeners to accept")
+
+    @property
+    def envoy_pid(self) -> int | None:
+        return self._envoy.pid if self._envoy is not None else None
+
+    def envoy_output(self) -> str:
+        """What Envoy wrote so far to stdout (access logs) and stderr (its log), as one text."""
+        path = self.workdir / "envoy.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def _listening(self) -> bool:
         for port in (self.external, self.internal):

@@ -322,3 +322,68 @@ async def test_a_connection_over_the_listener_limit_is_closed_while_the_others_a
     assert refused == b""
     assert served.startswith(b"HTTP/1.1 200"), served[:100]
     assert sotw_gateway.envoy_stat("connection_limit.external.limited_connections") == 1
+
+
+class _H2Client:
+    """One h2c connection with prior knowledge, driven by hand (python-hyper's h2)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import h2.config
+        import h2.connection
+
+        self.reader, self.writer = reader, writer
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.events: list = []
+        self.closed = False
+
+    async def until(self, predicate) -> None:
+        while not predicate() and not self.closed:
+            self.writer.write(self.conn.data_to_send())
+            await self.writer.drain()
+            data = await asyncio.wait_for(self.reader.read(65536), 10)
+            self.closed = not data
+            self.events.extend(self.conn.receive_data(data) if data else ())
+
+    def has(self, kind, stream_id: int | None = None) -> bool:
+        return any(
+            isinstance(e, kind) and (stream_id is None or e.stream_id == stream_id)
+            for e in self.events
+        )
+
+
+async def test_an_http2_stream_flood_is_cut_and_a_client_within_the_limits_is_served(
+    sotw_gateway, edge_config
+):
+    """The limits are announced in SETTINGS; a client that opens more streams than
+    announced loses its connection, and a request on another connection gets its 200."""
+    import h2.events
+    import h2.settings
+
+    edge_config()
+    await two_prefixes(sotw_gateway)
+    headers = [(":method", "GET"), (":scheme", "http"), (":authority", HOST), (":path", "/a")]
+    flood = _H2Client(*await asyncio.open_connection("127.0.0.1", sotw_gateway.external))
+    polite = _H2Client(*await asyncio.open_connection("127.0.0.1", sotw_gateway.external))
+    try:
+        await flood.until(lambda: flood.has(h2.events.RemoteSettingsChanged))
+        limits = flood.conn.remote_settings
+        assert limits[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] == 100
+        assert limits[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] == 65536
+        # h2 honours the announced limit itself: lift it on our side to play the attacker.
+        flood.conn.remote_settings = h2.settings.Settings(
+            client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1000}
+        )
+        for _ in range(101):  # every stream held open: no END_STREAM
+            flood.conn.send_headers(flood.conn.get_next_available_stream_id(), headers)
+        await flood.until(lambda: flood.has(h2.events.ConnectionTerminated))
+
+        polite.conn.send_headers(1, headers, end_stream=True)
+        await polite.until(lambda: polite.has(h2.events.ResponseReceived, 1))
+    finally:
+        flood.writer.close()
+        polite.writer.close()
+    assert flood.closed or flood.has(h2.events.ConnectionTerminated)
+    assert not flood.has(h2.events.ResponseReceived), "no stream of the flood was answered"
+    [response] = [e for e in polite.events if isinstance(e, h2.events.ResponseReceived)]
+    assert dict(response.headers)[b":status"] == b"200"

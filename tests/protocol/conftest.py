@@ -281,4 +281,4 @@ def flavour(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def gateway(harness: Harness, flavour: str) -> Gateway:
     """An Envoy-like client (envoy_like.py) on the harness, SotW or Delta."""
-    return Gateway(harness.delta() if flavour == "delta" else harness.sotw())
+    return Gateway(harness.delta() if flavour == "delta" else harness.sotw(), harness.plane.ads)

@@ -10,20 +10,54 @@ A test drives each step, so it can check what arrives between them.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
 from knative_xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE
+from knative_xds.server.ads import AdsServer
+from knative_xds.server.plan import plan_type
 
-from .xds_client import QUIET, DeltaClient, SotwClient, messages_in, names_in
+from .xds_client import WAIT, DeltaClient, SotwClient, XdsClient, messages_in, names_in
+
+# How often `settle` looks at the server's state while no response comes.
+POLL = 0.05
+
+
+def in_sync(ads: AdsServer, client: XdsClient) -> bool:
+    """Whether the server has read every request of the client's newest stream, has no
+    response of it unanswered, and would send it nothing more for the newest snapshot."""
+    mine = [s for s in ads.streams.values() if s.status.node_id == client.node.id]
+    if not mine:
+        return False
+    stream = max(mine, key=lambda s: s.status.id)
+    if sum(stream.status.decisions.values()) != client.written:
+        return False
+    snapshot = ads.cache.current()
+    if snapshot is None:
+        return False
+    for type_url, sub in stream.subs.items():
+        if sub.inflight:
+            return False
+        if type_url not in snapshot.loaded:
+            continue
+        # As the stream plans: only the names changed since it last planned, if it has.
+        since = sub.changes_since()
+        only = None if since is None else ads.cache.changed_since(type_url, since)
+        if only is not None and not (only or sub.recheck or sub.unsettled or sub.held_gone):
+            continue
+        plan = plan_type(type_url, snapshot, stream.subs, only, delta=stream.status.delta)
+        if plan.out is not None:
+            return False
+    return True
 
 
 class Gateway:
     """An Envoy-like ADS client over one raw stream, SotW or Delta."""
 
-    def __init__(self, client: SotwClient | DeltaClient) -> None:
+    def __init__(self, client: SotwClient | DeltaClient, ads: AdsServer | None = None) -> None:
         self.client = client
+        self.ads = ads  # the server, for `settle`
         # Delta: the names subscribed per type (SotW keeps its whole lists on the client).
         self.subscribed: dict[str, list[str]] = {}
         # The route table each scope it holds names: a Delta removal gives only the scope.
@@ -108,15 +142,24 @@ class Gateway:
         await self.ack(await self.recv(ROUTE))
 
     async def settle(self) -> list[Any]:
-        """Take and follow every response, as Envoy would, until the server goes quiet.
+        """Take and follow every response, as Envoy would, until the server has nothing
+        left to send this stream; returns the responses in the order they came.
 
-        For steps whose order depends on timing (a response and a request crossing);
-        returns the responses in the order they came.
+        For steps whose order depends on timing (a response and a request crossing).
+        "Nothing left" is the server's own state, not a quiet spell: every request read,
+        nothing in flight, and a plan of every type against the newest snapshot empty.
         """
+        if self.ads is None:
+            raise RuntimeError("settle needs the server: Gateway(client, ads=...)")
         taken = []
-        with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(WAIT):
             while True:
-                response = await self.client.recv(timeout=QUIET)
+                try:
+                    response = await self.client.recv(timeout=POLL)
+                except TimeoutError:
+                    if in_sync(self.ads, self.client):
+                        return taken
+                    continue
                 taken.append(response)
                 if response.type_url == CLUSTER:
                     await self.follow_clusters(response)
@@ -124,7 +167,6 @@ class Gateway:
                     await self.follow(response)
                 else:
                     await self.ack(response)
-        return taken
 
 
 def removed(response: Any) -> list[str]:

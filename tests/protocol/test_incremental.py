@@ -100,7 +100,9 @@ async def evaluations_per_edit(
     counts = {}
     try:
         harness.world.apply(*many_routes(routes))
-        gateway = Gateway(harness.delta() if flavour == "delta" else harness.sotw())
+        gateway = Gateway(
+            harness.delta() if flavour == "delta" else harness.sotw(), harness.plane.ads
+        )
         await gateway.converge()
         for name, edit in EDITS.items():
             await harness.caught_up(gateway.client)  # its last ACK is not this edit's work

@@ -26,9 +26,8 @@ from google.rpc import status_pb2
 from knative_xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE
 
 # How long a test waits for something that must happen. That something must not happen is
-# never shown by waiting: see `expect_next_is`. QUIET only paces `Gateway.settle`.
+# never shown by waiting: see `expect_next_is`.
 WAIT = 5.0
-QUIET = 0.3
 
 MESSAGES: dict[str, type[Message]] = {
     LISTENER: listener_pb2.Listener,

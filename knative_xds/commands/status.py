@@ -13,15 +13,15 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET
+from ..resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET
+from .common import add_client_tls_flags, client_tls
 
 if TYPE_CHECKING:  # gRPC loads when the command runs: every other command starts quicker
     from envoy.service.status.v3 import csds_pb2
 
-    from .server.tls import TlsFiles
+    from ..server.tls import TlsFiles
 
 EXIT_UNREACHABLE = 2
 DEFAULT_ADDRESS = "127.0.0.1:18000"
@@ -39,32 +39,6 @@ _STATUS_NAMES = {1: "SYNCED", 2: "NOT_SENT", 3: "STALE", 4: "NACKED"}
 _NOT_SENT = 2
 # A table cell shows this much of a NACK; --json carries the whole (server-truncated) text.
 _NACK_CELL = 60
-
-
-def add_client_tls_flags(p: argparse.ArgumentParser) -> None:
-    """--tls-ca/--tls-cert/--tls-key, as `bootstrap` and `status` take them."""
-    g = p.add_argument_group("TLS to the control plane (serve --tls-cert/--client-ca)")
-    g.add_argument(
-        "--tls-ca",
-        type=Path,
-        metavar="FILE",
-        help="PEM CA the control plane's certificate is verified against (turns TLS on)",
-    )
-    g.add_argument(
-        "--tls-cert",
-        type=Path,
-        metavar="FILE",
-        help="PEM client certificate, for a control plane started with --client-ca",
-    )
-    g.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM key of --tls-cert")
-
-
-def client_tls(args: argparse.Namespace) -> TlsFiles | None:
-    from .server.tls import TlsFiles
-
-    if args.tls_ca is None and args.tls_cert is None and args.tls_key is None:
-        return None
-    return TlsFiles(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca)
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -116,7 +90,7 @@ class GatewayStatus:
 
 def gateways(response: csds_pb2.ClientStatusResponse) -> list[GatewayStatus]:
     """The response as rows (pure)."""
-    from .server.csds import PEER_KEY, PROTOCOL_KEY, SENT_KEY
+    from ..server.csds import PEER_KEY, PROTOCOL_KEY, SENT_KEY
 
     out = []
     for config in response.config:
@@ -172,7 +146,7 @@ def fetch(
     import grpc
     from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
-    from .server.tls import channel_credentials
+    from ..server.tls import channel_credentials
 
     if tls is None:
         channel = grpc.insecure_channel(address)
@@ -187,7 +161,7 @@ def fetch(
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     import grpc
 
-    from .server.tls import TlsFileError
+    from ..server.tls import TlsFileError
 
     out, err = out or sys.stdout, err or sys.stderr
     address = args.xds_address

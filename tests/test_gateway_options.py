@@ -1,0 +1,279 @@
+"""ConfigMap `config-xds`: each key to its value or its problem, the resolver keeping the last
+good options, and the translator re-building listeners only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm,
+)
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+
+from knative_xds import synth
+from knative_xds.model import AccessLogFormat, GatewayOptions, RawObject, Resolver
+from knative_xds.model.gateway_options import DEFAULT_JSON_FIELDS, parse_config_xds
+from knative_xds.model.objects import ObjectError
+from knative_xds.resources import LISTENER
+from knative_xds.translate.access_log import access_logs, tls_parameters
+from knative_xds.translate.listeners import tls_listener_resource
+
+from .helpers import Gateway, changes, deleted
+
+XDS = "config-xds"
+
+
+def parse(data: dict[str, str]) -> GatewayOptions:
+    return parse_config_xds(RawObject.from_dict(synth.config_map(XDS, data), "test"))
+
+
+GOOD: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
+    "empty": ({}, {}),
+    "access-log-on": ({"enable-service-access-logging": "true"}, {"access_log": True}),
+    "access-log-go-bool": ({"enable-service-access-logging": "T"}, {"access_log": True}),
+    "access-log-off": ({"enable-service-access-logging": "false"}, {"access_log": False}),
+    "template": (
+        {"service-access-log-template": "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"},
+        {"access_log_template": "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"},
+    ),
+    "template-with-length": (
+        {"service-access-log-template": "[%START_TIME%] %REQ(USER-AGENT):10%"},
+        {"access_log_template": "[%START_TIME%] %REQ(USER-AGENT):10%"},
+    ),
+    "json-default-fields": (
+        {"service-access-log-format": "json"},
+        {"access_log_format": AccessLogFormat.JSON, "access_log_json": DEFAULT_JSON_FIELDS},
+    ),
+    "json-template": (
+        {
+            "service-access-log-format": "JSON",
+            "service-access-log-template": '{"path": "%REQ(:PATH)%", "code": "%RESPONSE_CODE%"}',
+        },
+        {
+            "access_log_format": AccessLogFormat.JSON,
+            "access_log_json": (("code", "%RESPONSE_CODE%"), ("path", "%REQ(:PATH)%")),
+        },
+    ),
+    "text-format": ({"service-access-log-format": "text"}, {}),
+    "proxy-protocol": ({"enable-proxy-protocol": "true"}, {"proxy_protocol": True}),
+    "ciphers": (
+        {"cipher-suites": "ECDHE-RSA-AES128-GCM-SHA256, ECDHE-ECDSA-AES256-GCM-SHA384,"},
+        {"cipher_suites": ("ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384")},
+    ),
+    "ciphers-deduplicated": (
+        {"cipher-suites": "AES128-SHA,AES128-SHA"},
+        {"cipher_suites": ("AES128-SHA",)},
+    ),
+    "min-tls-1.3": ({"min-tls-version": "1.3"}, {"min_tls_version": "1.3"}),
+    "min-tls-envoy-spelling": ({"min-tls-version": "TLSv1_2"}, {"min_tls_version": "1.2"}),
+    "idle-seconds": ({"stream-idle-timeout": "300s"}, {"stream_idle_timeout": 300.0}),
+    "idle-go-compound": ({"stream-idle-timeout": "1h30m"}, {"stream_idle_timeout": 5400.0}),
+    "idle-ms": ({"stream-idle-timeout": "1500ms"}, {"stream_idle_timeout": 1.5}),
+    "idle-off": ({"stream-idle-timeout": "0"}, {"stream_idle_timeout": 0.0}),
+    "trusted-hops": ({"trusted-hops": "2"}, {"trusted_hops": 2}),
+    "cluster-cert-secret": (
+        {"cluster-cert-secret": "knative-serving-certs"},
+        {"cluster_cert_secret": "knative-serving-certs"},
+    ),
+    # Kourier's ext_authz and tracing keys (and any other) are left unread.
+    "unread-keys": (
+        {"extauthz-host": "authz:9000", "tracing-endpoint": "otel:4317", "_example": "docs"},
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize(("data", "fields"), GOOD.values(), ids=GOOD.keys())
+def test_config_xds_key_gives_its_value(data: dict[str, str], fields: dict[str, Any]) -> None:
+    assert parse(data) == GatewayOptions(**fields)
+
+
+BAD: dict[str, tuple[dict[str, str], str, str]] = {
+    "bool": ({"enable-service-access-logging": "yes"}, "enable-service-access-logging", "boolean"),
+    "proxy-bool": ({"enable-proxy-protocol": "on"}, "enable-proxy-protocol", "boolean"),
+    "unknown-command": (
+        {"service-access-log-template": "%METHOD% %PATH%"},
+        "service-access-log-template",
+        "unknown access log command %METHOD%",
+    ),
+    "stray-percent": (
+        {"service-access-log-template": "100% %DURATION%"},
+        "service-access-log-template",
+        "opens no command",
+    ),
+    "json-not-json": (
+        {"service-access-log-format": "json", "service-access-log-template": "%DURATION%"},
+        "service-access-log-template",
+        "must be a JSON object",
+    ),
+    "json-not-strings": (
+        {"service-access-log-format": "json", "service-access-log-template": '{"d": 1}'},
+        "service-access-log-template",
+        "must be a string",
+    ),
+    "json-bad-command": (
+        {"service-access-log-format": "json", "service-access-log-template": '{"d": "%NOPE%"}'},
+        "service-access-log-template",
+        "%NOPE%",
+    ),
+    "format": ({"service-access-log-format": "xml"}, "service-access-log-format", "'text'"),
+    "cipher": (
+        {"cipher-suites": "ECDHE-RSA-AES128-GCM-SHA256,TLS_AES_128_GCM_SHA256"},
+        "cipher-suites",
+        "unknown cipher suite 'TLS_AES_128_GCM_SHA256'",
+    ),
+    "tls-version": ({"min-tls-version": "1.4"}, "min-tls-version", "use one of"),
+    "idle-no-unit": ({"stream-idle-timeout": "300"}, "stream-idle-timeout", "not a duration"),
+    "idle-empty": ({"stream-idle-timeout": ""}, "stream-idle-timeout", "empty"),
+    "idle-negative": ({"stream-idle-timeout": "-5s"}, "stream-idle-timeout", "not a duration"),
+    "idle-huge": ({"stream-idle-timeout": "9999h"}, "stream-idle-timeout", "over 7 days"),
+    "hops-negative": ({"trusted-hops": "-1"}, "trusted-hops", "whole number"),
+    "hops-huge": ({"trusted-hops": "1000"}, "trusted-hops", "whole number"),
+    "secret-name": ({"cluster-cert-secret": "Bad_Name"}, "cluster-cert-secret", "Secret name"),
+}
+
+
+@pytest.mark.parametrize(("data", "key", "message"), BAD.values(), ids=BAD.keys())
+def test_config_xds_bad_value_is_an_error_on_its_key(
+    data: dict[str, str], key: str, message: str
+) -> None:
+    with pytest.raises(ObjectError) as caught:
+        parse(data)
+    assert caught.value.field == f"data.{key}"
+    assert message in caught.value.message
+
+
+# -- the resolver: problems name the ConfigMap and key; the last good options serve ---------
+
+
+def config_xds(**data: str) -> dict:
+    return synth.config_map(XDS, {k.replace("_", "-"): v for k, v in data.items()})
+
+
+def test_a_bad_edit_is_a_problem_and_the_last_good_options_keep_serving() -> None:
+    resolver = Resolver()
+    good = resolver.apply(changes(config_xds(enable_service_access_logging="true")))
+    assert good.state.gateway.access_log and resolver.problems() == ()
+
+    bad = resolver.apply(changes(config_xds(trusted_hops="many")))
+
+    [problem] = resolver.problems()
+    assert (problem.kind, problem.key, problem.field) == (
+        "ConfigMap",
+        "knative-serving/config-xds",
+        "data.trusted-hops",
+    )
+    assert bad.state.gateway == good.state.gateway
+
+    fixed = resolver.apply(changes(config_xds(trusted_hops="1")))
+    assert resolver.problems() == ()
+    assert fixed.state.gateway == GatewayOptions(trusted_hops=1)
+
+
+def test_deleting_config_xds_brings_back_the_defaults() -> None:
+    resolver = Resolver()
+    resolver.apply(changes(config_xds(enable_proxy_protocol="true")))
+    update = resolver.apply(deleted(config_xds()))
+    assert update.state.gateway == GatewayOptions()
+
+
+def test_a_config_xds_in_another_namespace_is_not_read() -> None:
+    other = config_xds(enable_proxy_protocol="true")
+    other["metadata"]["namespace"] = "default"
+    assert Resolver().apply(changes(other)).state.gateway == GatewayOptions()
+
+
+# -- the translator: options change listeners and nothing else ----------------------------
+
+
+def served_gateway() -> Gateway:
+    gateway = Gateway()
+    gateway.apply(
+        synth.revision("hello-1", ready=True),
+        synth.route("hello", [synth.target("hello-1", 100)]),
+    )
+    return gateway
+
+
+def manager(gateway: Gateway, listener: str) -> hcm.HttpConnectionManager:
+    msg = gateway.get(LISTENER, listener, listener_pb2.Listener)
+    out = hcm.HttpConnectionManager()
+    msg.filter_chains[0].filters[-1].typed_config.Unpack(out)
+    return out
+
+
+def test_an_access_log_switch_changes_the_listeners_only() -> None:
+    gateway = served_gateway()
+    assert manager(gateway, "external").access_log == []
+
+    touched = gateway.apply(config_xds(enable_service_access_logging="true"))
+
+    assert touched == {LISTENER: {"external", "internal"}}
+    [log] = manager(gateway, "internal").access_log
+    assert log.name == "envoy.access_loggers.stdout"
+    # Unchanged options (a reordered or repeated ConfigMap) re-send nothing.
+    assert gateway.apply(config_xds(enable_service_access_logging="1")) == {}
+
+
+def test_proxy_protocol_is_on_the_external_listener_only() -> None:
+    gateway = served_gateway()
+    touched = gateway.apply(config_xds(enable_proxy_protocol="true"))
+    assert touched == {LISTENER: {"external"}}
+    external = gateway.get(LISTENER, "external", listener_pb2.Listener)
+    internal = gateway.get(LISTENER, "internal", listener_pb2.Listener)
+    assert [f.name for f in external.listener_filters] == ["envoy.filters.listener.proxy_protocol"]
+    assert list(internal.listener_filters) == []
+
+
+def test_trusted_hops_and_idle_timeout_from_config_xds_win_over_the_flags() -> None:
+    gateway = served_gateway()
+    assert manager(gateway, "external").xff_num_trusted_hops == 0
+    gateway.apply(config_xds(trusted_hops="2", stream_idle_timeout="5m"))
+    m = manager(gateway, "external")
+    assert (m.xff_num_trusted_hops, m.stream_idle_timeout.seconds) == (2, 300)
+
+
+def test_template_and_json_access_logs() -> None:
+    [text] = access_logs(GatewayOptions(access_log=True, access_log_template="%DURATION%"))
+    logger = stream_pb2.StdoutAccessLog()
+    text.typed_config.Unpack(logger)
+    assert logger.log_format.text_format_source.inline_string == "%DURATION%\n"
+    [js] = access_logs(
+        parse({"enable-service-access-logging": "true", "service-access-log-format": "json"})
+    )
+    js.typed_config.Unpack(logger)
+    assert dict(logger.log_format.json_format)["response_code"] == "%RESPONSE_CODE%"
+    [plain] = access_logs(GatewayOptions(access_log=True))
+    plain.typed_config.Unpack(logger)
+    assert not logger.HasField("log_format"), "Envoy's default line"
+
+
+def test_tls_policy() -> None:
+    assert tls_parameters(GatewayOptions()) is None
+    params = tls_parameters(GatewayOptions(cipher_suites=("AES128-SHA",), min_tls_version="1.3"))
+    assert params == common_pb2.TlsParameters(
+        cipher_suites=["AES128-SHA"],
+        tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_3,
+        tls_maximum_protocol_version=common_pb2.TlsParameters.TLSv1_3,
+    )
+    assert tls_pb2.CommonTlsContext(tls_params=params).tls_params.cipher_suites == ["AES128-SHA"]
+
+
+def test_the_https_listener_reads_the_proxy_header_before_the_client_hello() -> None:
+    options = GatewayOptions(proxy_protocol=True, cipher_suites=("AES128-SHA",))
+    listener = tls_listener_resource(
+        address="127.0.0.1",
+        port=8443,
+        chains={"default/shop-tls": ("shop.example.com",)},
+        options=options,
+    ).message(listener_pb2.Listener)
+    assert [f.name for f in listener.listener_filters] == [
+        "envoy.filters.listener.proxy_protocol",
+        "envoy.filters.listener.tls_inspector",
+    ]
+    context = tls_pb2.DownstreamTlsContext()
+    listener.filter_chains[0].transport_socket.typed_config.Unpack(context)
+    assert list(context.common_tls_context.tls_params.cipher_suites) == ["AES128-SHA"]
