@@ -31,6 +31,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value
+
+
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     up = sub.add_parser(
         "up",
@@ -52,6 +62,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a revision with no traffic keeps a process before it scales to zero "
         "(Knative's scale-to-zero-grace-period; default: 30)",
+    )
+    up.add_argument(
+        "--activator-queue",
+        type=_count,
+        default=1000,
+        metavar="N",
+        help="how many requests the activator holds per revision while it wakes (or, with a "
+        "containerConcurrency, waits for a free slot); past that, a 503 (default: 1000)",
     )
     add_state_dir_flag(up)
     up.add_argument(

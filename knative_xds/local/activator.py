@@ -12,12 +12,15 @@ pooled, and websockets pass through frame by frame. While a revision wakes, its
 requests wait in a bounded queue (full: 503), and a request whose revision does
 not start answering within the revision's `timeoutSeconds` gets a 504. Revisions
 that speak h2c (gRPC) are served on a second port, by `h2c.py`, with the same
-queue and deadline.
+queue and deadline. A revision with a `containerConcurrency` has every request
+pass here (`up` keeps the activator its endpoint), and `throttle.py` holds the
+limit per process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -31,7 +34,6 @@ from aiohttp import (
     ClientWebSocketResponse,
     DummyCookieJar,
     TCPConnector,
-    WSMsgType,
     WSServerHandshakeError,
     web,
 )
@@ -40,6 +42,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..model import ObjectKey
+from .throttle import Lease, Throttle
+from .websocket import MAX_WS_MESSAGE, WS_HANDSHAKE, relay_websocket
 
 if TYPE_CHECKING:
     from .h2c import H2cPort
@@ -59,8 +63,6 @@ QUEUE_DEPTH = 1000
 # request the gateway accepts is not refused here only because its revision was at zero.
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 128
-# A websocket message is relayed whole (aiohttp reassembles frames); this bounds it.
-MAX_WS_MESSAGE = 16 * 1024 * 1024
 # Pooled connections to revisions are dropped before common servers' idle limits
 # (Node's is 5 s), so a request is not sent down a connection the revision is closing.
 POOL_IDLE_SECONDS = 4.0
@@ -77,15 +79,6 @@ HOP_BY_HOP = frozenset(
         "trailer",
         "transfer-encoding",
         "upgrade",
-    }
-)
-# aiohttp negotiates these itself on each side of a websocket.
-WS_HANDSHAKE = frozenset(
-    {
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-accept",
     }
 )
 
@@ -177,14 +170,18 @@ class LocalActivator:
         *,
         queue_depth: int = QUEUE_DEPTH,
         on_demand: Callable[[ObjectKey], None] | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         """`on_demand(key)` is called for every request the activator receives for a
-        revision (for an autoscaler: Knative's activator reports this demand too)."""
+        revision (for an autoscaler: Knative's activator reports this demand too). With a
+        `throttle`, a revision with a containerConcurrency gets at most that many requests
+        in flight per process; the rest wait in its queue."""
         if queue_depth < 1:
             raise ValueError(f"activator: queue_depth must be at least 1, got {queue_depth}")
         self._revisions = revisions
         self._queue_depth = queue_depth
         self._on_demand = on_demand
+        self._throttle = throttle
         self._waiting: dict[ObjectKey, int] = {}
         self._runner: web.ServerRunner | None = None
         self._session: ClientSession | None = None
@@ -197,7 +194,7 @@ class LocalActivator:
         return self._h2c_port
 
     def waiting(self, key: ObjectKey) -> int:
-        """How many requests wait for this revision to wake."""
+        """How many requests wait for this revision to wake (or, throttled, for a slot)."""
         return self._waiting.get(key, 0)
 
     async def start(
@@ -253,39 +250,48 @@ class LocalActivator:
             self._on_demand(key)
         opening = self._ws_connect if is_websocket(request.headers) else self._send
         deadline = self.deadline(key)
-        try:
-            async with asyncio.timeout(deadline):
-                upstream = await opening(request, key, await self.admit(key))
-        except TimeoutError:  # our own deadline: the revision's TimeoutError becomes a 503
-            log.warning("activator: %s did not answer within %g s", key, deadline)
-            return _error(
-                504, f"revision {key} did not answer within its timeoutSeconds ({deadline:g} s)"
-            )
-        except Refused as e:
-            return _error(e.status, e.text)
-        if isinstance(upstream, ClientWebSocketResponse):
-            return await _relay_websocket(request, upstream)
-        return await _relay_response(request, key, upstream)
+        with contextlib.ExitStack() as held:  # a throttled request's slot, until relayed
+            try:
+                async with asyncio.timeout(deadline):
+                    lease = await self.admit(key)
+                    held.callback(lease.release)
+                    upstream = await opening(request, key, lease.port)
+            except TimeoutError:  # our own deadline: the revision's TimeoutError becomes a 503
+                log.warning("activator: %s did not answer within %g s", key, deadline)
+                return _error(
+                    504,
+                    f"revision {key} did not answer within its timeoutSeconds ({deadline:g} s)",
+                )
+            except Refused as e:
+                return _error(e.status, e.text)
+            if isinstance(upstream, ClientWebSocketResponse):
+                return await relay_websocket(request, upstream)
+            return await _relay_response(request, key, upstream)
 
     def deadline(self, key: ObjectKey) -> float | None:
         """How long a request may wait for its revision to wake and start answering."""
         timeout = self._revisions.timeout_seconds(key)
         return timeout if timeout > 0 else None
 
-    async def admit(self, key: ObjectKey) -> int:
-        """Queue for the revision, wake it, and return its port; `Refused` when the queue
-        is full or the revision cannot start."""
+    async def admit(self, key: ObjectKey) -> Lease:
+        """Queue for the revision, wake it, and return where to send the request (throttled:
+        a slot, to release once relayed); `Refused` when the queue is full or the revision
+        cannot start."""
+        limit = self._throttle.limit(key) if self._throttle is not None else 0
         waiting = self._waiting.get(key, 0)
         if waiting >= self._queue_depth:
             log.warning("activator: queue for %s is full (%d waiting)", key, waiting)
+            busy = f"at its containerConcurrency ({limit})" if limit else "starting"
             raise Refused(
                 503,
-                f"revision {key} is starting and its activator queue is full "
+                f"revision {key} is {busy} and its activator queue is full "
                 f"({waiting} requests waiting); retry later",
             )
         self._waiting[key] = waiting + 1
         try:
-            return await self._revisions.wake(key)
+            if self._throttle is not None and limit > 0:
+                return await self._throttle.acquire(key, limit)
+            return Lease(await self._revisions.wake(key))
         except (LookupError, RuntimeError, OSError, TimeoutError) as e:
             log.error("activator: cannot wake %s: %s", key, e)
             raise Refused(503, f"revision {key} could not be started: {e}") from None
@@ -358,41 +364,3 @@ async def _relay_response(
         raise
     upstream.release()
     return out
-
-
-def _close_code(code: int | None) -> int:
-    # 1005 and 1006 say "no code" and "no close frame": never sent in a close frame.
-    if code is None or code == 1005:
-        return 1000
-    return 1011 if code == 1006 else code
-
-
-async def _pump(
-    source: web.WebSocketResponse | ClientWebSocketResponse,
-    sink: web.WebSocketResponse | ClientWebSocketResponse,
-) -> None:
-    async for msg in source:
-        if msg.type is WSMsgType.TEXT:
-            await sink.send_str(msg.data)
-        elif msg.type is WSMsgType.BINARY:
-            await sink.send_bytes(msg.data)
-    # The source closed (or failed): close the other side with its code.
-    await sink.close(code=_close_code(source.close_code))
-
-
-async def _relay_websocket(
-    request: web.BaseRequest, upstream: ClientWebSocketResponse
-) -> web.WebSocketResponse:
-    down = web.WebSocketResponse(
-        protocols=(upstream.protocol,) if upstream.protocol else (),
-        max_msg_size=MAX_WS_MESSAGE,
-        compress=False,
-    )
-    try:
-        await down.prepare(request)
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(_pump(down, upstream))
-            tasks.create_task(_pump(upstream, down))
-    finally:
-        await upstream.close()
-    return down

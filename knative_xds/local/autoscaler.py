@@ -18,9 +18,10 @@ but add a hop to each; Envoy already counts.
 The decision (`decide`, pure): desired = ceil(peak concurrency over the window /
 target per process), bounded by min-scale and max-scale. `target` is
 `autoscaling.knative.dev/target` (default 100), lowered to `containerConcurrency`
-when that is set and smaller. Nothing here enforces containerConcurrency per
-process (queue-proxy's job in a cluster): it bounds the target, so the
-autoscaler aims below it. A revision with no requests in flight keeps one
+when that is set and smaller. The limit itself is the activator's to hold
+(`throttle.py`): such a revision stays behind the activator, which knows its
+requests in flight and waiting exactly, so `held` (those counts) stands in for
+Envoy's for it. A revision with no requests in flight keeps one
 process until it has seen no traffic for the scale-to-zero grace period. The
 window (the peak taken over it) is what delays a scale-down, like Knative's
 stable window.
@@ -206,9 +207,12 @@ class Autoscaler:
         window: float | None = None,
         interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        held: Callable[[ObjectKey], Load] | None = None,
     ) -> None:
         """`read` samples Envoy; `window` (default: the grace period, at most 60 s, Knative's
-        stable window) is how long a peak holds a revision's size up."""
+        stable window) is how long a peak holds a revision's size up. `held(key)`, for a
+        revision with a containerConcurrency, is what the activator holds for it (in flight
+        or queued, and requests ever), read instead of Envoy's counts."""
         if grace <= 0 or interval <= 0:
             raise ValueError(f"autoscaler: grace ({grace}) and interval ({interval}) must be > 0")
         self._revisions = revisions
@@ -217,6 +221,7 @@ class Autoscaler:
         self._window = window if window is not None else min(grace, 60.0)
         self._interval = interval
         self._clock = clock
+        self._held = held
         self._samples: dict[ObjectKey, deque[tuple[float, int]]] = {}
         self._totals: dict[ObjectKey, int] = {}
         self._active_at: dict[ObjectKey, float] = {}
@@ -241,7 +246,10 @@ class Autoscaler:
             return
         now = self._clock()
         for key, spec in self._revisions.specs().items():
-            load = loads.get(revision_cluster(key), Load(0, 0))
+            if self._held is not None and spec.container_concurrency > 0:
+                load = self._held(key)
+            else:
+                load = loads.get(revision_cluster(key), Load(0, 0))
             samples = self._samples.setdefault(key, deque())
             samples.append((now, load.active))
             while samples and samples[0][0] < now - self._window:

@@ -15,6 +15,7 @@ through, which gRPC's status needs, and a reset on either side resets the other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -28,6 +29,7 @@ from multidict import CIMultiDict
 
 from ..model import ObjectKey
 from .activator import HOP_BY_HOP, PROBE_HEADER, PROBE_VALUE, Refused, revision_key
+from .throttle import Lease
 
 log = logging.getLogger(__name__)
 
@@ -262,12 +264,12 @@ async def _answer(peer: Peer, sid: int, status: int, text: str) -> None:
     await peer.send_data(sid, body, end_stream=True)
 
 
-Wake = Callable[[ObjectKey], Awaitable[int]]
+Wake = Callable[[ObjectKey], Awaitable[Lease]]
 
 
 class H2cPort:
-    """The h2c listener. `wake(key)` is the activator's: the queue, then the revision's port
-    (or `Refused`); `deadline(key)` bounds the wake plus the wait for the response head."""
+    """The h2c listener. `wake(key)` is the activator's `admit`: the queue, then where to
+    send the request (or `Refused`); `deadline(key)` bounds the wake plus the wait for the response head."""
 
     def __init__(
         self,
@@ -322,7 +324,8 @@ class H2cPort:
 
     async def _relay(self, down: Peer, sid: int, stream: _Stream) -> None:
         try:
-            await self._relay_stream(down, sid, stream)
+            with contextlib.ExitStack() as held:  # a throttled request's slot, until relayed
+                await self._relay_stream(down, sid, stream, held)
         except StreamGone as e:
             log.debug("activator: h2c stream %d ended early: %s", sid, e)
             down.reset(sid)
@@ -332,7 +335,9 @@ class H2cPort:
         finally:
             down.forget(sid)
 
-    async def _relay_stream(self, down: Peer, sid: int, stream: _Stream) -> None:
+    async def _relay_stream(
+        self, down: Peer, sid: int, stream: _Stream, held: contextlib.ExitStack
+    ) -> None:
         headers = stream.head.result()
         found = CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
         if found.get(PROBE_HEADER) == PROBE_VALUE:
@@ -345,8 +350,9 @@ class H2cPort:
         deadline = self._deadline(key)
         try:
             async with asyncio.timeout(deadline):
-                port = await self._wake(key)
-                up = await self._upstream(port)
+                lease = await self._wake(key)
+                held.callback(lease.release)
+                up = await self._upstream(lease.port)
                 usid, ustream = up.open(self._forwarded(headers, down.peer_address))
                 stream.on_reset = lambda: up.reset(usid)
                 sending = asyncio.create_task(_pump(down, sid, stream, up, usid))

@@ -4,7 +4,10 @@ The control plane runs on a `LocalSource`: the watched files, with Knative's
 part played on this machine (revisions with a local `command` run as
 processes, the activator wakes them, the autoscaler sizes them from what
 Envoy's admin says is in flight, and each ready process's EndpointSlice joins
-the objects read). Order matters for a first request that works: the activator and the
+the objects read). A revision with a `containerConcurrency` keeps the activator
+in its path, as Knative's does: its processes' slices are withheld from the
+gateway, and the activator's throttle sends each request to a process with a
+free slot. Order matters for a first request that works: the activator and the
 revisions that start above zero are up before the first state is published, so
 Envoy's first configuration already has somewhere to send every route.
 """
@@ -16,7 +19,6 @@ import asyncio
 import logging
 import sys
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 from .. import synth
@@ -29,27 +31,39 @@ from ..envoy import (
     stop_process,
     wait_ready,
 )
-from ..model import Problem, RawObject, State, Visibility
+from ..model import ObjectKey, RawObject, State, Visibility
 from ..serving import RevisionHistory, ServingStage
-from ..sources.base import Changes, Sink, SourceEvent
+from ..sources.base import Changes, Sink, SinkInFront
 from ..sources.file import FileSource
-from .activator import LocalActivator, h2c_available
-from .autoscaler import DEFAULT_GRACE, Autoscaler, EnvoyAdmin
+from .activator import QUEUE_DEPTH, LocalActivator, h2c_available
+from .autoscaler import DEFAULT_GRACE, Autoscaler, EnvoyAdmin, Load
 from .runner import LocalRevisions, Runnable, slice_object
+from .throttle import Throttle
 
 log = logging.getLogger(__name__)
 
 
 def _local_slices(activator_ports: tuple[int, int | None], revisions: LocalRevisions) -> dict:
     """The EndpointSlices Knative would have: the activator's (its HTTP/1.1 and h2c ports),
-    and each running revision's."""
+    and each running revision's (but a throttled one's: the activator stays its endpoint)."""
     slices = [RawObject.from_dict(synth.activator_slice("127.0.0.1", *activator_ports), "local")]
     slices += [
         slice_object(key, port, h2c=revisions.speaks_h2c(key))
         for key, ports in revisions.running().items()
+        if not _limit(revisions, key)
         for port in ports
     ]
     return {raw.ident: raw for raw in slices}
+
+
+def _limit(revisions: LocalRevisions, key: ObjectKey) -> int:
+    """The revision's containerConcurrency (0: none), a hard limit the activator holds."""
+    spec = revisions.specs().get(key)
+    return spec.container_concurrency if spec is not None else 0
+
+
+def _revision_of(endpoints: RawObject) -> ObjectKey:
+    return ObjectKey(endpoints.key.namespace, endpoints.labels.get(synth.REVISION_LABEL, ""))
 
 
 class LocalSource:
@@ -67,6 +81,7 @@ class LocalSource:
         history: RevisionHistory | None = None,
         admin_port: int = 9901,
         grace: float = DEFAULT_GRACE,
+        queue_depth: int = QUEUE_DEPTH,
     ) -> None:
         self.files = FileSource(path, state_dir=state_dir)
         self.history = history
@@ -77,12 +92,29 @@ class LocalSource:
         self.revisions = LocalRevisions(
             self._publish, log_dir=self.log_dir, drained=self.envoy.drained
         )
-        self.autoscaler = Autoscaler(self.revisions, self.envoy.loads, grace=grace)
+        self.throttle = Throttle(
+            lambda key: _limit(self.revisions, key),
+            lambda key: self.revisions.running().get(key, []),
+            self.revisions.wake,
+        )
+        self.autoscaler = Autoscaler(self.revisions, self.envoy.loads, grace=grace, held=self._held)
+        self.activator = LocalActivator(
+            self.revisions,
+            queue_depth=queue_depth,
+            on_demand=self.autoscaler.demand,
+            throttle=self.throttle,
+        )
         self._sink: _StartingRevisions | None = None
+        self._withheld: set[tuple[str, ObjectKey]] = set()
+
+    def _held(self, key: ObjectKey) -> Load:
+        """What the activator holds for a throttled revision: every request of it."""
+        active = self.throttle.in_flight(key) + self.activator.waiting(key)
+        return Load(active, self.throttle.requests(key))
 
     async def run(self, sink: Sink, ready: asyncio.Event) -> None:
         self.files.check()
-        activator = LocalActivator(self.revisions, on_demand=self.autoscaler.demand)
+        activator = self.activator
         try:
             port = await activator.start(h2c_port=0 if h2c_available() else None)
             self._sink = _StartingRevisions(sink, self.revisions, (port, activator.h2c_port))
@@ -97,19 +129,33 @@ class LocalSource:
             await activator.close()
 
     def _publish(self, changes: Changes) -> None:
-        """A revision's process listens (or is gone): its EndpointSlice changes."""
+        """A revision's process listens (or is gone): its EndpointSlice changes (withheld
+        for a throttled revision, whose requests all pass the activator)."""
         assert self._sink is not None, "no revision runs before the source does"
-        self._sink.publish(changes)
+        out: dict[tuple[str, ObjectKey], RawObject | None] = {}
+        for ident, raw in changes.items():
+            if raw is None:
+                if ident in self._withheld:
+                    self._withheld.discard(ident)
+                else:
+                    out[ident] = None
+            elif _limit(self.revisions, _revision_of(raw)):
+                self._withheld.add(ident)
+            else:
+                out[ident] = raw
+        if out:
+            self._sink.publish(out)
+        self.throttle.changed()  # processes came or went: requests waiting for a slot look
 
 
-class _StartingRevisions:
+class _StartingRevisions(SinkInFront):
     """A sink in front of the plane's: starts the revisions the objects name, and adds the
     EndpointSlices of the activator and of every revision running."""
 
     def __init__(
         self, sink: Sink, revisions: LocalRevisions, activator_ports: tuple[int, int | None]
     ) -> None:
-        self._sink = sink
+        super().__init__(sink)
         self._revisions = revisions
         self._activator_ports = activator_ports
         self._to_start: list[Runnable] = []
@@ -132,15 +178,6 @@ class _StartingRevisions:
     def submit(self, changes: Changes) -> None:
         self._revisions.start_later(self._revisions.observe(changes))
         self._sink.submit(changes)
-
-    def set_source_problems(self, scope: str, problems: Iterable[Problem]) -> None:
-        self._sink.set_source_problems(scope, problems)
-
-    def source_health(self, scope: str, healthy: bool, detail: str = "") -> None:
-        self._sink.source_health(scope, healthy, detail)
-
-    def source_event(self, event: SourceEvent) -> None:
-        self._sink.source_event(event)
 
     def publish(self, changes: Changes) -> None:
         # Before the first load a started revision's slice joins it: submitted, it could
@@ -179,6 +216,7 @@ async def run_up(
         history=history,
         admin_port=args.admin_port,
         grace=getattr(args, "scale_to_zero_grace", DEFAULT_GRACE),
+        queue_depth=getattr(args, "activator_queue", QUEUE_DEPTH),
     )
     source.files.check()
     ready = asyncio.Event()

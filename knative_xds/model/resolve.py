@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from immutables import Map
@@ -26,9 +26,9 @@ from immutables import Map
 from . import network as net
 from .backends import BackendIndex
 from .certificates import CertificateIndex
+from .config_maps import problem_of, read_gateway, read_network
 from .from_kingress import kingress_ingress
 from .from_routes import route_ingress
-from .gateway_options import parse_config_xds
 from .hosts import HostClaims
 from .kinds import (
     CONFIG_MAP,
@@ -184,13 +184,15 @@ class Resolver:
         """Resolve what the objects staged since the last call touched; the new State."""
         dirty, self._dirty = self._dirty, _Dirty()
         if dirty.network:
-            self._network = self._read_network()
+            self._network = read_network(
+                self._config_maps, self._specs, self._parse_problems, self._mode
+            )
             dirty.ingresses |= {i for i in self._seen if i[0] == ROUTE}
             dirty.ingresses |= {(ROUTE, k) for k, v in self._ingresses.items() if v.kind == ROUTE}
         # Gateway options change listeners only: no Ingress is resolved again for them.
         gateway_moved = False
         if dirty.gateway:
-            gateway = self._read_gateway()
+            gateway = read_gateway(self._config_maps, self._parse_problems, self._gateway)
             gateway_moved, self._gateway = gateway != self._gateway, gateway
         before = dict(self._ingresses)
         changed = self._resolve_ingresses(dirty.ingresses)
@@ -253,66 +255,16 @@ class Resolver:
         if ident[0] == CONFIG_MAP:
             self._config_maps[ident] = raw
         parser = _PARSERS.get(ident[0])
-        if parser is None:  # ConfigMaps are read as a whole in _read_network
+        if parser is None:  # ConfigMaps are read as a whole (config_maps.py)
             return True
         try:
             check_key(raw)
             self._specs[ident] = parser(raw)
             self._parse_problems.pop(ident, None)
-        except ObjectError as e:
-            # Keep the last good parse (if any) serving; report why this one is unusable.
-            self._parse_problems[ident] = Problem(
-                raw.origin, ident[0], str(ident[1]), e.field, e.message
-            )
         except Exception as e:  # one object must never stop the pipeline
-            self._parse_problems[ident] = _unexpected(raw.origin, ident, e)
+            # Keep the last good parse (if any) serving; report why this one is unusable.
+            self._parse_problems[ident] = problem_of(raw.origin, ident, e)
         return True
-
-    def _read_network(self) -> net.NetworkConfig:
-        config = net.NetworkConfig(activator_mode=self._mode)
-        readers = (
-            ("config-domain", net.parse_config_domain),
-            ("config-network", net.parse_config_network),
-        )
-        for name, read in readers:
-            ident = (CONFIG_MAP, ObjectKey(KNATIVE_NAMESPACE, name))
-            raw = self._config_maps.get(ident)
-            if raw is None:
-                continue
-            try:
-                config = read(raw, config)
-                self._parse_problems.pop(ident, None)
-            except Exception as e:  # a ConfigMap must never stop the pipeline
-                self._parse_problems[ident] = (
-                    Problem(raw.origin, CONFIG_MAP, str(ident[1]), e.field, e.message)
-                    if isinstance(e, ObjectError)
-                    else _unexpected(raw.origin, ident, e)
-                )
-                kept = self._specs.get(ident)
-                if isinstance(kept, net.NetworkConfig):
-                    config = read_kept(kept, config, name)
-                continue
-            self._specs[ident] = config
-        return config
-
-    def _read_gateway(self) -> GatewayOptions:
-        """`config-xds` read whole: defaults when it is absent, the last good options
-        while it is bad (its Problem says why)."""
-        ident = (CONFIG_MAP, ObjectKey(KNATIVE_NAMESPACE, GATEWAY_CONFIG_MAP))
-        raw = self._config_maps.get(ident)
-        if raw is None:
-            return GatewayOptions()
-        try:
-            options = parse_config_xds(raw)
-        except Exception as e:  # a ConfigMap must never stop the pipeline
-            self._parse_problems[ident] = (
-                Problem(raw.origin, CONFIG_MAP, str(ident[1]), e.field, e.message)
-                if isinstance(e, ObjectError)
-                else _unexpected(raw.origin, ident, e)
-            )
-            return self._gateway
-        self._parse_problems.pop(ident, None)
-        return options
 
     # -- ingresses --------------------------------------------------------------------
 
@@ -361,11 +313,7 @@ class Resolver:
             ingress = self._hosts.claim(ingress, self._ingresses)
         except Exception as e:  # one Ingress must never stop the pipeline
             self._set_deps(ident, deps)
-            self._ingress_problems[ident] = (
-                Problem(origin, kind, str(key), e.field, e.message)
-                if isinstance(e, ObjectError)
-                else _unexpected(origin, ident, e)
-            )
+            self._ingress_problems[ident] = problem_of(origin, ident, e)
             return  # the last good resolution, if any, keeps serving
         self._set_deps(ident, deps)
         self._ingress_problems.pop(ident, None)
@@ -409,27 +357,6 @@ class Resolver:
     def _slice(self, key: ObjectKey) -> EndpointSliceSpec | None:
         spec = self._specs.get((ENDPOINT_SLICE, key))
         return spec if isinstance(spec, EndpointSliceSpec) else None
-
-
-def _unexpected(origin: str, ident: Ident, error: Exception) -> Problem:
-    """An error no rule foresaw, as the object's Problem: the rest keeps being served."""
-    text = str(error)
-    text = text if len(text) <= 200 else f"{text[:200]}..."
-    return Problem(
-        origin, ident[0], str(ident[1]), "", f"cannot be read ({type(error).__name__}: {text})"
-    )
-
-
-def read_kept(kept: net.NetworkConfig, config: net.NetworkConfig, name: str) -> net.NetworkConfig:
-    """Carry over the fields one ConfigMap controls from its last good reading."""
-    if name == "config-domain":
-        return replace(config, domains=kept.domains)
-    return replace(
-        config,
-        domain_template=kept.domain_template,
-        tag_template=kept.tag_template,
-        tag_header_routing=kept.tag_header_routing,
-    )
 
 
 def _carry(last: Map, now: Mapping[Any, Any], changed: Iterable[Any]) -> Map:

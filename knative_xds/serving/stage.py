@@ -32,12 +32,12 @@ import dataclasses
 import hashlib
 import logging
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..model import Problem, RawObject
 from ..model.kinds import CONFIGURATION, REVISION, Ident
-from ..sources.base import Changes, Sink, Source, SourceEvent
+from ..sources.base import Changes, Sink, SinkInFront, Source
 from .history import HistoryError, RevisionHistory
 from .spec import is_serving
 from .template import KNATIVE_DEFAULTS, Limits
@@ -69,13 +69,13 @@ def reconciled_here(raw: RawObject) -> bool:
     return raw.kind != CONFIGURATION or (isinstance(spec, Mapping) and "template" in spec)
 
 
-class ServingStage:
+class ServingStage(SinkInFront):
     """A `Sink` that reconciles Services and Configurations on their way to `sink`."""
 
     def __init__(
         self, sink: Sink, history: RevisionHistory, *, limits: Limits = KNATIVE_DEFAULTS
     ) -> None:
-        self._sink = sink
+        super().__init__(sink)
         self._history = history
         self._limits = limits
         # Every Service and Configuration as last read (bad ones too: their name is held).
@@ -113,15 +113,6 @@ class ServingStage:
     def submit(self, changes: Changes) -> None:
         # Also when nothing is left to forward: the sink reports problems anew.
         self._sink.submit(self._translate(changes))
-
-    def set_source_problems(self, scope: str, problems: Iterable[Problem]) -> None:
-        self._sink.set_source_problems(scope, problems)
-
-    def source_health(self, scope: str, healthy: bool, detail: str = "") -> None:
-        self._sink.source_health(scope, healthy, detail)
-
-    def source_event(self, event: SourceEvent) -> None:
-        self._sink.source_event(event)
 
     # -- translating one batch -----------------------------------------------------------
 

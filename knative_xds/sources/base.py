@@ -72,6 +72,33 @@ class Sink(Protocol):
         ...
 
 
+class SinkInFront:
+    """A sink in front of another: passes everything on as it is. A stage that changes
+    what reaches the sink (local revisions, Services reconciled) overrides the
+    methods it changes and inherits what a source says of itself."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+
+    def stage(self, changes: Changes) -> None:
+        self._sink.stage(changes)
+
+    async def load(self, changes: Changes | None = None) -> object:
+        return await self._sink.load(changes)
+
+    def submit(self, changes: Changes) -> None:
+        self._sink.submit(changes)
+
+    def set_source_problems(self, scope: str, problems: Iterable[Problem]) -> None:
+        self._sink.set_source_problems(scope, problems)
+
+    def source_health(self, scope: str, healthy: bool, detail: str = "") -> None:
+        self._sink.source_health(scope, healthy, detail)
+
+    def source_event(self, event: SourceEvent) -> None:
+        self._sink.source_event(event)
+
+
 class Source(Protocol):
     async def run(self, sink: Sink, ready: asyncio.Event) -> None:
         """Feed `sink` until cancelled: the first complete state through `stage`/`load`,
