@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -162,3 +163,16 @@ def packed(message: Message) -> any_pb2.Any:
 def world() -> list[dict[str, Any]]:
     """Two ready revisions for Routes to send traffic to."""
     return [synth.revision("hello-1", ready=True), synth.revision("hello-2", ready=True)]
+
+
+async def until(check: Callable[[], object], what: str = "", timeout: float = 10.0) -> None:
+    """Wait until `check()` holds, looking every 10 ms; fail naming `what` after `timeout`.
+
+    For conditions no message reveals. That something did NOT happen is never shown
+    this way: make a second, observable change and wait for that instead."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not check():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what or check}") from None

@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 from knative_xds.local.activator import LocalActivator, end_to_end, forwarded
 from knative_xds.local.echo import bound_port, serve_echo
 from knative_xds.model import ObjectKey
+from tests.helpers import until
 
 KEY = ObjectKey("default", "sleepy-00001")
 FOR_KEY = {"Knative-Serving-Revision": KEY.name, "Knative-Serving-Namespace": KEY.namespace}
@@ -105,13 +106,6 @@ async def fetch(client: aiohttp.ClientSession, url: str, **kw) -> Answer:
     kw.setdefault("headers", FOR_KEY)
     async with client.request(method, url, **kw) as r:
         return Answer(r.status, await r.text(), CIMultiDict(r.headers))
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    async with asyncio.timeout(5):
-        while not condition():
-            await asyncio.sleep(0.01)
-    assert condition(), what
 
 
 # -- waking and forwarding ---------------------------------------------------------------

@@ -24,6 +24,7 @@ from knative_xds.local.autoscaler import Autoscaler, Load, ScaleSpec
 from knative_xds.local.runner import LocalRevisions
 from knative_xds.local.throttle import Throttle, least_loaded
 from knative_xds.model import ObjectKey, RawObject
+from tests.helpers import until
 
 KEY = ObjectKey("default", "narrow-00001")
 HEADERS = {"Knative-Serving-Revision": KEY.name, "Knative-Serving-Namespace": KEY.namespace}
@@ -101,13 +102,6 @@ async def _get(client: aiohttp.ClientSession, url: str, sleep: float) -> tuple[i
         return r.status, (await r.json(content_type=None) if r.status == 200 else await r.text())
 
 
-async def _until(check, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 @pytest.fixture
 async def client() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -145,9 +139,9 @@ async def test_past_the_slots_requests_queue_and_a_full_queue_answers_503(tmp_pa
     raw = _revision(concurrency=1, processes=1)
     async with throttled(tmp_path, raw, queue_depth=1) as (activator, throttle, url):
         first = asyncio.ensure_future(_get(client, url, 1.0))
-        await _until(lambda: throttle.in_flight(KEY) == 1, "the first request's slot")
+        await until(lambda: throttle.in_flight(KEY) == 1, "the first request's slot")
         second = asyncio.ensure_future(_get(client, url, 0))
-        await _until(lambda: activator.waiting(KEY) == 1, "the second request to queue")
+        await until(lambda: activator.waiting(KEY) == 1, "the second request to queue")
         status, text = await _get(client, url, 0)
         assert status == 503 and "containerConcurrency (1)" in text and "queue is full" in text
         assert (await first)[0] == 200
@@ -159,7 +153,7 @@ async def test_a_request_waiting_for_a_slot_past_timeout_seconds_gets_504(tmp_pa
     raw = _revision(concurrency=1, processes=1, timeout=1)
     async with throttled(tmp_path, raw) as (_, throttle, url):
         first = asyncio.ensure_future(_get(client, url, 2.5))
-        await _until(lambda: throttle.in_flight(KEY) == 1, "the first request's slot")
+        await until(lambda: throttle.in_flight(KEY) == 1, "the first request's slot")
         started = time.monotonic()
         status, text = await _get(client, url, 0)
         waited = time.monotonic() - started

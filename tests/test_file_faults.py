@@ -23,6 +23,7 @@ from knative_xds.app import ControlPlane
 from knative_xds.pipeline import Applied
 from knative_xds.resources import CLUSTER, ROUTE
 from knative_xds.sources.file import FileSource
+from tests import helpers
 
 # Bound of every wait on a condition (an edit reaches the source through inotify).
 DEADLINE = 10.0
@@ -64,12 +65,7 @@ def messages(plane: ControlPlane) -> list[str]:
 
 
 async def until(check: Callable[[], object], what: str) -> None:
-    try:
-        async with asyncio.timeout(DEADLINE):
-            while not check():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+    await helpers.until(check, what, DEADLINE)
 
 
 @contextlib.asynccontextmanager

@@ -22,14 +22,13 @@ from collections.abc import Iterator
 
 import aiohttp
 import pytest
-import yaml
 
 from knative_xds import synth as s
 from knative_xds.envoy import admin_get
 from knative_xds.local.autoscaler import parse_clusters
 
 from .gateway import free_port
-from .test_up_scaling import Up
+from .test_up_scaling import Up, running_up
 
 # The echo app, after `SLOW` seconds of starting.
 SLOW = 3
@@ -105,15 +104,7 @@ class LimitedUp(Up):
 
 @pytest.fixture(scope="module")
 def up(tmp_path_factory) -> Iterator[LimitedUp]:
-    folder = tmp_path_factory.mktemp("up")
-    (folder / "apps.yaml").write_text(yaml.safe_dump_all(_objects()))
-    running = LimitedUp(folder)
-    try:
-        running.wait_for("Ctrl-C stops everything", timeout=60)
-        yield running
-    finally:
-        if running.proc.poll() is None:
-            running.stop()
+    yield from running_up(LimitedUp, tmp_path_factory.mktemp("up"), _objects())
 
 
 def _session() -> aiohttp.ClientSession:

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import pytest
@@ -123,17 +124,24 @@ class Up:
         return self.proc.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def up(tmp_path_factory) -> Iterator[Up]:
-    folder = tmp_path_factory.mktemp("up")
-    (folder / "apps.yaml").write_text(yaml.safe_dump_all(_objects()))
-    running = Up(folder)
+UpT = TypeVar("UpT", bound=Up)
+
+
+def running_up(kind: type[UpT], folder: Path, objects: list[dict]) -> Iterator[UpT]:
+    """`up` on a folder holding `objects`, once it says it is up; stopped after."""
+    (folder / "apps.yaml").write_text(yaml.safe_dump_all(objects))
+    running = kind(folder)
     try:
         running.wait_for("Ctrl-C stops everything", timeout=60)
         yield running
     finally:
         if running.proc.poll() is None:
             running.stop()
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory) -> Iterator[Up]:
+    yield from running_up(Up, tmp_path_factory.mktemp("up"), _objects())
 
 
 async def _get(session: aiohttp.ClientSession, up: Up, host: str, query: str = "") -> dict:
