@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from knative_xds import synth as s
+from knative_xds.admin.loop_probe import ENV as LOOP_PROBE_ENV
 from knative_xds.envoy import bootstrap_yaml, require_envoy
 
 
@@ -95,6 +96,11 @@ class Stack:
     started_wall: float  # the same moment by the wall clock, as Envoy's log has it
     loaded: float  # perf_counter when it reported its first state loaded
     control_plane: list[str] = field(default_factory=list)  # how knative-xds was started
+
+    @property
+    def loop_probe(self) -> Path:
+        """Where knative-xds's loop-stall probe writes (see loop_stall_max_ms)."""
+        return self.workdir / "loop-probe.jsonl"
 
     def ports(self) -> tuple[int, int]:
         return self.app_ports
@@ -209,7 +215,7 @@ def stack(routes: int, *, delta: bool = False, envoy: bool = True) -> Iterator[S
             "--listen-address", "127.0.0.1", "--health-port", str(health),
             "--state-dir", str(workdir / "state"),
         ]  # fmt: skip
-        procs.insert(0, _spawn(control_plane, workdir / "knative-xds.log"))
+        procs.insert(0, _spawn(control_plane, workdir / "knative-xds.log", env=_probe_env(workdir)))
         if envoy:
             # Started alongside, as a gateway that is already up when the control plane
             # (re)starts: it connects while the first state loads.
@@ -261,12 +267,60 @@ def stack(routes: int, *, delta: bool = False, envoy: bool = True) -> Iterator[S
 
 def respawn_control_plane(st: Stack) -> None:
     """Start knative-xds again as it was started (after it was killed), logging to the same file."""
-    st.procs[0] = _spawn(st.control_plane, st.workdir / "knative-xds.log", append=True)
+    st.procs[0] = _spawn(
+        st.control_plane, st.workdir / "knative-xds.log", append=True, env=_probe_env(st.workdir)
+    )
 
 
-def _spawn(args: list[str], log: Path, *, append: bool = False) -> subprocess.Popen:
+def _spawn(
+    args: list[str], log: Path, *, append: bool = False, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     out = open(log, "ab" if append else "wb")  # noqa: SIM115 - closed when the process ends
-    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def _probe_env(workdir: Path) -> dict[str, str]:
+    """knative-xds's environment with its loop-stall probe on, writing into `workdir`."""
+    return {**os.environ, LOOP_PROBE_ENV: str(workdir / "loop-probe.jsonl")}
+
+
+def loop_stall_max_ms(st: Stack, since: float, until: float | None = None) -> float | None:
+    """The longest stall of knative-xds's event loop between `since` and `until` (wall
+    clock; until now if None), in ms beyond the probe's 5 ms sleep; None if the probe
+    wrote nothing for that window.
+
+    The probe writes each 0.1 s period's worst stall; a period counts if it ends within
+    the window or is the first to end after it, so the figure may include a stall that
+    ended up to 0.1 s before `since` but never misses one inside the window. That last
+    period is waited for (up to 3 s: a stalled loop writes late).
+    """
+    until = time.time() if until is None else until
+    deadline = time.monotonic() + 3
+    while True:
+        lines = _probe_lines(st.loop_probe)
+        if (lines and lines[-1]["end"] >= until) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    last = next((line["end"] for line in lines if line["end"] >= until), until)
+    inside = [line["max_ms"] for line in lines if since <= line["end"] <= last]
+    return max(inside) if inside else None
+
+
+def _probe_lines(path: Path) -> list[dict]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    # The last line may be half written.
+    return [json.loads(x) for x in text.splitlines() if x.endswith("}")]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a running process has used so far, from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
 def get_revision(conn: http.client.HTTPConnection, host: str) -> str | None:

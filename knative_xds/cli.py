@@ -137,6 +137,9 @@ async def _until_signalled(job: Coroutine[Any, Any, int]) -> int:
     assert task is not None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
+    from .admin.loop_probe import start_from_env  # off unless the benchmarks set its variable
+
+    start_from_env()
     try:
         return await job
     except asyncio.CancelledError:
