@@ -17,8 +17,10 @@ from knative_xds import synth
 from knative_xds.model import AccessLogFormat, GatewayOptions, RawObject, Resolver
 from knative_xds.model.gateway_options import DEFAULT_JSON_FIELDS, parse_config_xds
 from knative_xds.model.objects import ObjectError
-from knative_xds.resources import LISTENER
+from knative_xds.model.types import ExtAuthz, ExtAuthzProtocol
+from knative_xds.resources import CLUSTER, LISTENER
 from knative_xds.translate.access_log import access_logs, tls_parameters
+from knative_xds.translate.ext_authz import EXT_AUTHZ_CLUSTER, EXT_AUTHZ_FILTER
 from knative_xds.translate.listeners import tls_listener_resource
 
 from .helpers import Gateway, changes, deleted
@@ -78,10 +80,36 @@ GOOD: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
         {"cluster-cert-secret": "knative-serving-certs"},
         {"cluster_cert_secret": "knative-serving-certs"},
     ),
-    # Kourier's ext_authz and tracing keys (and any other) are left unread.
-    "unread-keys": (
-        {"extauthz-host": "authz:9000", "tracing-endpoint": "otel:4317", "_example": "docs"},
-        {},
+    # Kourier's tracing keys (and any other) are left unread.
+    "unread-keys": ({"tracing-endpoint": "otel:4317", "_example": "docs"}, {}),
+    # The extauthz-* keys mean nothing without extauthz-host, as in Kourier.
+    "extauthz-off": ({"extauthz-host": "", "extauthz-timeout": "soon"}, {}),
+    "extauthz-grpc-defaults": (
+        {"extauthz-host": "authz.auth:9000"},
+        {"ext_authz": ExtAuthz("authz.auth", 9000)},
+    ),
+    "extauthz-http-all-keys": (
+        {
+            "extauthz-host": "10.0.0.9:8080",
+            "extauthz-protocol": "http",
+            "extauthz-failure-mode-allow": "true",
+            "extauthz-max-request-body-bytes": "1024",
+            "extauthz-timeout": "500",
+            "extauthz-path-prefix": "/verify",
+        },
+        {
+            "ext_authz": ExtAuthz(
+                "10.0.0.9", 8080, ExtAuthzProtocol.HTTP, True, 1024, 500, "/verify"
+            )
+        },
+    ),
+    "extauthz-https-ipv6": (
+        {"extauthz-host": "[::1]:443", "extauthz-protocol": "https"},
+        {"ext_authz": ExtAuthz("::1", 443, ExtAuthzProtocol.HTTPS)},
+    ),
+    "extauthz-empty-protocol-is-grpc": (
+        {"extauthz-host": "authz:9000", "extauthz-protocol": ""},
+        {"ext_authz": ExtAuthz("authz", 9000)},
     ),
 }
 
@@ -133,6 +161,51 @@ BAD: dict[str, tuple[dict[str, str], str, str]] = {
     "hops-negative": ({"trusted-hops": "-1"}, "trusted-hops", "whole number"),
     "hops-huge": ({"trusted-hops": "1000"}, "trusted-hops", "whole number"),
     "secret-name": ({"cluster-cert-secret": "Bad_Name"}, "cluster-cert-secret", "Secret name"),
+    "extauthz-no-port": ({"extauthz-host": "authz"}, "extauthz-host", "host:port"),
+    "extauthz-port-zero": ({"extauthz-host": "authz:0"}, "extauthz-host", "host:port"),
+    "extauthz-port-huge": ({"extauthz-host": "authz:70000"}, "extauthz-host", "host:port"),
+    "extauthz-v6-no-brackets": ({"extauthz-host": "::1:9000"}, "extauthz-host", "host:port"),
+    "extauthz-bad-host": ({"extauthz-host": "Auth_Z:9000"}, "extauthz-host", "host name"),
+    "extauthz-protocol": (
+        {"extauthz-host": "a:1", "extauthz-protocol": "grpcs"},
+        "extauthz-protocol",
+        "grpc, http or https",
+    ),
+    "extauthz-failure-bool": (
+        {"extauthz-host": "a:1", "extauthz-failure-mode-allow": "maybe"},
+        "extauthz-failure-mode-allow",
+        "boolean",
+    ),
+    "extauthz-body-zero": (
+        {"extauthz-host": "a:1", "extauthz-max-request-body-bytes": "0"},
+        "extauthz-max-request-body-bytes",
+        "whole number from 1",
+    ),
+    "extauthz-body-over-uint32": (
+        {"extauthz-host": "a:1", "extauthz-max-request-body-bytes": "4294967296"},
+        "extauthz-max-request-body-bytes",
+        "whole number",
+    ),
+    "extauthz-timeout-unit": (
+        {"extauthz-host": "a:1", "extauthz-timeout": "2s"},
+        "extauthz-timeout",
+        "(ms)",
+    ),
+    "extauthz-timeout-negative": (
+        {"extauthz-host": "a:1", "extauthz-timeout": "-1"},
+        "extauthz-timeout",
+        "whole number",
+    ),
+    "extauthz-path-relative": (
+        {"extauthz-host": "a:1", "extauthz-path-prefix": "verify"},
+        "extauthz-path-prefix",
+        "starting with '/'",
+    ),
+    "extauthz-path-query": (
+        {"extauthz-host": "a:1", "extauthz-path-prefix": "/v?x=1"},
+        "extauthz-path-prefix",
+        "'?'",
+    ),
 }
 
 
@@ -277,3 +350,24 @@ def test_the_https_listener_reads_the_proxy_header_before_the_client_hello() -> 
     context = tls_pb2.DownstreamTlsContext()
     listener.filter_chains[0].transport_socket.typed_config.Unpack(context)
     assert list(context.common_tls_context.tls_params.cipher_suites) == ["AES128-SHA"]
+
+
+# -- external authorization: the filter on every listener, its cluster in CDS -------------
+
+
+def test_an_authorizer_adds_its_cluster_and_filter_and_removing_it_takes_both_away() -> None:
+    gateway = served_gateway()
+    touched = gateway.apply(config_xds(extauthz_host="authz.auth:9000"))
+    assert touched == {CLUSTER: {EXT_AUTHZ_CLUSTER}, LISTENER: {"external", "internal"}}
+    for listener in ("external", "internal"):
+        filters = [f.name for f in manager(gateway, listener).http_filters]
+        assert filters == [EXT_AUTHZ_FILTER, "envoy.filters.http.router"]
+    # A new timeout changes the filter alone: the cluster stays as it was.
+    touched = gateway.apply(config_xds(extauthz_host="authz.auth:9000", extauthz_timeout="1"))
+    assert touched == {LISTENER: {"external", "internal"}}
+
+    touched = gateway.apply(config_xds())
+    assert touched == {CLUSTER: {EXT_AUTHZ_CLUSTER}, LISTENER: {"external", "internal"}}
+    assert [f.name for f in manager(gateway, "external").http_filters] == [
+        "envoy.filters.http.router"
+    ]

@@ -191,3 +191,28 @@ async def test_rejected_objects_by_kind_and_withdrawn_routes_follow_the_state(
     assert sample(plane, "knative_xds_routes_withdrawn_total") == withdrawn + 2
     assert sample(plane, "knative_xds_mass_withdrawals_total") == 1
     assert [(w["removed"], w["before"]) for w in status(plane)["withdrawals"]] == [(1, 1)]
+
+
+def test_kingress_readiness_time_is_observed_once_every_gateway_holds_the_generation() -> None:
+    from tests.test_status import HELLO, Plane, ack, gateway
+
+    control = ControlPlane()
+    control.report_status(None)  # files: readiness is tracked for /debug/status
+    assert control.reporter is not None
+    tracker = control.reporter.tracker
+    # The plane takes up its reporter's tracker at its first publish, as serving does.
+    control.pipeline.apply(raw_objects(synth.route("hello", [synth.target("hello-1", 100)])))
+    first, second = gateway(), gateway()
+    tracker.on_stream_open(first)
+    tracker.on_stream_open(second)
+    plane = Plane(tracker)
+    snapshot = plane.serve(HELLO, "hello.example.com", 1)
+
+    ack(tracker, first, snapshot, [HELLO])
+    assert sample(control, "knative_xds_kingress_ready_seconds_count") == 0  # one of two
+    ack(tracker, second, snapshot, [HELLO])
+    assert tracker.readiness(HELLO).ready  # type: ignore[union-attr]
+    assert sample(control, "knative_xds_kingress_ready_seconds_count") == 1
+    # Ready sticks to its generation: a later ACK of it is not a second observation.
+    ack(tracker, first, snapshot, [HELLO])
+    assert sample(control, "knative_xds_kingress_ready_seconds_count") == 1

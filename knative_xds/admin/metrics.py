@@ -37,6 +37,7 @@ from ..sources.base import ScopeHealth, SourceEvent
 if TYPE_CHECKING:
     from ..app import ControlPlane
     from ..pipeline import Applied
+    from ..status.readiness import ReadinessTracker
 
 # No `_created` series beside each counter: they double the page and no dashboard reads them.
 disable_created_metrics()
@@ -124,6 +125,12 @@ class Metrics(Callbacks):
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.kingress_ready = Histogram(
+            "knative_xds_kingress_ready_seconds",
+            "From a KIngress generation's first publish to every connected gateway holding it",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.snapshot_version = Gauge(
             "knative_xds_snapshot_version", "Serial of the snapshot being served", registry=r
         )
@@ -173,6 +180,13 @@ class Metrics(Callbacks):
         # When each open stream opened: a publish older than its stream is not a push
         # (a gateway connecting an hour later is not an hour of push time).
         self._opened: dict[int, float] = {}
+        self._tracker: ReadinessTracker | None = None
+
+    def watch_readiness(self, tracker: ReadinessTracker) -> None:
+        """Observe the KIngress readiness time of `tracker` (at most one, the plane's)."""
+        if tracker is not self._tracker:
+            self._tracker = tracker
+            tracker.on_ready.append(self.kingress_ready.observe)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format (what /metrics answers)."""
@@ -224,6 +238,10 @@ class Metrics(Callbacks):
     def on_applied(self, applied: Applied) -> None:
         snapshot = applied.snapshot
         state = applied.update.state
+        # The status reporter (and its tracker) is made after the plane: take it up here,
+        # before it is told of this publish, so its first Ready is already observed.
+        if self._plane.reporter is not None:
+            self.watch_readiness(self._plane.reporter.tracker)
         self.withdrawn.inc(
             sum(1 for k in applied.update.changed_ingresses if k not in state.ingresses)
         )

@@ -5,18 +5,20 @@ user can copy their data across; `service-access-log-format`, `min-tls-version`
 and `trusted-hops` are ours. Every value is checked here, when the ConfigMap is
 read, against what Envoy would take: a bad one is an error on its key (the
 resolver keeps the last good options serving), never a listener Envoy rejects.
-Keys this module does not know are left unread (Kourier's `extauthz-*` and
-`tracing-*` among them), as Knative leaves unknown keys of its ConfigMaps.
+Keys this module does not know are left unread (Kourier's `tracing-*` among
+them), as Knative leaves unknown keys of its ConfigMaps. The `extauthz-*` keys
+are read only when `extauthz-host` is set, as Kourier reads them.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
 
 from .objects import ObjectError, RawObject, dns_subdomain_error, string_map
-from .types import AccessLogFormat, GatewayOptions
+from .types import AccessLogFormat, ExtAuthz, ExtAuthzProtocol, GatewayOptions
 
 # Kourier's boolean keys are read with Go's strconv.ParseBool: these spellings.
 _TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
@@ -248,7 +250,91 @@ _READERS: Mapping[str, tuple[str, Callable[[str, str], object]]] = {
     "cluster-cert-secret": ("cluster_cert_secret", _secret_name),
 }
 TEMPLATE_KEY = "service-access-log-template"
-KEYS = (*_READERS, TEMPLATE_KEY)
+EXTAUTHZ_HOST = "extauthz-host"
+EXTAUTHZ_KEYS = (
+    EXTAUTHZ_HOST,
+    "extauthz-protocol",
+    "extauthz-failure-mode-allow",
+    "extauthz-max-request-body-bytes",
+    "extauthz-timeout",
+    "extauthz-path-prefix",
+)
+KEYS = (*_READERS, TEMPLATE_KEY, *EXTAUTHZ_KEYS)
+# Envoy's timeouts end near 292 years; an authorizer that takes a day is not answering.
+MAX_EXTAUTHZ_TIMEOUT_MS = 24 * 3600 * 1000
+_UINT32 = (1 << 32) - 1
+_HEADER_UNSAFE = re.compile(r"[\x00-\x20\x7f?#]")
+
+
+def _host_port(key: str, value: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port`, as Go's net.SplitHostPort (Kourier's reader) splits it."""
+    text = value.strip()
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        sep = ""  # an IPv6 address needs its brackets, as in Go
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ObjectError(
+            f"data.{key}", f"{value[:60]!r}: use host:port, like my-auth.auth:9000 (port 1-65535)"
+        )
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if (why := dns_subdomain_error(host.removesuffix("."))) is not None:
+            raise ObjectError(f"data.{key}", f"{host[:60]!r} is not a host name: {why}") from None
+    return host, int(port)
+
+
+def _whole(key: str, value: str, low: int, high: int, unit: str = "") -> int:
+    text = value.strip()
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ObjectError(
+            f"data.{key}", f"{value[:30]!r}: must be a whole number from {low} to {high}{unit}"
+        )
+    return int(text)
+
+
+def _protocol(key: str, value: str) -> ExtAuthzProtocol:
+    try:
+        return ExtAuthzProtocol(value.strip().lower())
+    except ValueError:
+        raise ObjectError(f"data.{key}", f"{value[:30]!r}: use grpc, http or https") from None
+
+
+def _path_prefix(key: str, value: str) -> str:
+    text = value.strip()
+    if text and (not text.startswith("/") or _HEADER_UNSAFE.search(text)):
+        raise ObjectError(
+            f"data.{key}",
+            f"{value[:60]!r}: must be a path starting with '/', with no spaces, '?' or '#'",
+        )
+    return text
+
+
+def parse_ext_authz(data: Mapping[str, str]) -> ExtAuthz | None:
+    """The authorizer, or None when `extauthz-host` is unset or empty (Kourier's switch:
+    then the other `extauthz-*` keys are not read). An empty or absent protocol is gRPC."""
+    if not data.get(EXTAUTHZ_HOST, "").strip():
+        return None
+    host, port = _host_port(EXTAUTHZ_HOST, data[EXTAUTHZ_HOST])
+    values: dict[str, object] = {}
+    if text := data.get("extauthz-protocol", "").strip():
+        values["protocol"] = _protocol("extauthz-protocol", text)
+    if "extauthz-failure-mode-allow" in data:
+        values["failure_mode_allow"] = _bool(
+            "extauthz-failure-mode-allow", data["extauthz-failure-mode-allow"]
+        )
+    if "extauthz-max-request-body-bytes" in data:
+        # Envoy refuses 0 (its BufferSettings wants more than none).
+        key = "extauthz-max-request-body-bytes"
+        values["max_request_bytes"] = _whole(key, data[key], 1, _UINT32, " bytes")
+    if "extauthz-timeout" in data:
+        key = "extauthz-timeout"
+        values["timeout_ms"] = _whole(key, data[key], 0, MAX_EXTAUTHZ_TIMEOUT_MS, " (ms)")
+    if "extauthz-path-prefix" in data:
+        values["path_prefix"] = _path_prefix("extauthz-path-prefix", data["extauthz-path-prefix"])
+    return ExtAuthz(host=host, port=port, **values)  # type: ignore[arg-type]
 
 
 def parse_config_xds(raw: RawObject) -> GatewayOptions:
@@ -265,4 +351,5 @@ def parse_config_xds(raw: RawObject) -> GatewayOptions:
         )
     elif template:
         values["access_log_template"] = check_template(TEMPLATE_KEY, template)
+    values["ext_authz"] = parse_ext_authz(data)
     return GatewayOptions(**values)  # type: ignore[arg-type]

@@ -200,6 +200,27 @@ class AccessLogFormat(enum.Enum):
     JSON = "json"
 
 
+class ExtAuthzProtocol(enum.Enum):
+    """How the gateway asks the external authorizer: Envoy's gRPC API, or plain HTTP(S)."""
+
+    GRPC = "grpc"
+    HTTP = "http"
+    HTTPS = "https"
+
+
+@dataclass(frozen=True, slots=True)
+class ExtAuthz:
+    """The external authorizer (`extauthz-*` in config-xds), with Kourier's defaults."""
+
+    host: str
+    port: int
+    protocol: ExtAuthzProtocol = ExtAuthzProtocol.GRPC
+    failure_mode_allow: bool = False
+    max_request_bytes: int = 8192
+    timeout_ms: int = 2000
+    path_prefix: str = ""  # HTTP(S) only: put before the request's path
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayOptions:
     """The gateway's settings from ConfigMap `config-xds` (model/gateway_options.py).
@@ -221,6 +242,7 @@ class GatewayOptions:
     trusted_hops: int | None = None
     # Parsed and kept; the internal listener does not serve TLS yet.
     cluster_cert_secret: str = ""
+    ext_authz: ExtAuthz | None = None  # None: no external authorization
 
 
 def _frozen_map(value: Mapping) -> Map:

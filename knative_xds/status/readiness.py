@@ -96,6 +96,8 @@ class ReadinessTracker(Callbacks):
         self._by_name: dict[Name, set[ObjectKey]] = {}
         self._serial: int | None = None
         self._listeners: list[Listener] = []
+        # Called with a generation's seconds from first published to Ready (the metrics).
+        self.on_ready: list[Callable[[float], None]] = []
         # Pending keys requests made the tracker look at (tests guard "O(pending)" with it).
         self.examined = 0
 
@@ -276,6 +278,8 @@ class ReadinessTracker(Callbacks):
         seconds = self._clock() - pending.seen_at
         self._forget(key)
         self._ready[key] = _Ready(pending.generation, seconds)
+        for observe in self.on_ready:
+            observe(seconds)
         return True
 
     def _tell(self, keys: Iterable[ObjectKey]) -> None:

@@ -24,6 +24,7 @@ from ..resources import Resource
 from .access_log import access_logs, proxy_protocol_filters, tls_parameters
 from .clusters import ads_config_source
 from .edge import CONNECTION_LIMIT_FILTER, EDGE, Edge, buffer_limit, connection_limit, harden
+from .ext_authz import ext_authz_filters
 from .names import Listener, secret_name
 from .scopes import key_builder
 
@@ -60,7 +61,11 @@ def connection_manager(
             rds_config_source=ads_config_source(),
             scoped_rds=hcm.ScopedRds(scoped_rds_config_source=ads_config_source()),
         ),
-        http_filters=[hcm.HttpFilter(name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router()))],
+        # External authorization (ext_authz.py), when configured, before the router.
+        http_filters=[
+            *ext_authz_filters(options),
+            hcm.HttpFilter(name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router())),
+        ],
         upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
         access_log=access_logs(options),
     )

@@ -5,7 +5,8 @@ backend's cluster and endpoints and each certificate's secret. An `Update`
 from the resolver says which Ingresses, backends and certificates changed;
 only those are rebuilt, and the result is a `Delta`: the names per type whose
 resource changed or went away. New gateway options (`State.gateway`, from
-ConfigMap `config-xds`) rebuild the listeners alone.
+ConfigMap `config-xds`) rebuild the listeners alone (and the external
+authorizer's cluster, when `extauthz-host` changes).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET
 from .clusters import cluster_resource
 from .edge import EDGE, Edge
 from .endpoints import endpoints_resource
+from .ext_authz import EXT_AUTHZ_CLUSTER, ext_authz_cluster_resource
 from .listeners import listener_resource, tls_chains, tls_listener_resource
 from .names import Listener, route_table_name, scope_name
 from .routes import listener_rules, route_tables
@@ -84,6 +86,7 @@ class Translator:
         # The options (config-xds) the listeners were built with, and the plain ones.
         self._options = GatewayOptions()
         self._plain_listeners: dict[str, Resource] = {}
+        self._ext_authz_cluster: Resource | None = None
         self._certificates_moved = False
         self._started = False
         self.stats = Stats()
@@ -154,7 +157,23 @@ class Translator:
         hops = g.trusted_hops if options.trusted_hops is None else options.trusted_hops
         return edge, hops
 
+    def _refresh_ext_authz(self, delta: Delta) -> None:
+        """The authorizer's cluster (config-xds), set or removed with the listeners that
+        name it; CDS goes before LDS, so a new listener finds it."""
+        ext = self._options.ext_authz
+        held = self._ext_authz_cluster
+        if ext is None:
+            if held is not None:
+                delta.remove(CLUSTER, EXT_AUTHZ_CLUSTER)
+                self._ext_authz_cluster = None
+            return
+        resource = ext_authz_cluster_resource(ext)
+        if held is None or held.version != resource.version:
+            delta.set(resource)
+        self._ext_authz_cluster = resource
+
     def _refresh_listeners(self, delta: Delta) -> None:
+        self._refresh_ext_authz(delta)
         g = self._gateway
         edge, hops = self._edge()
         ports = {Listener.EXTERNAL: g.external_port, Listener.INTERNAL: g.internal_port}
