@@ -294,10 +294,15 @@ def loop_stall_max_ms(st: Stack, since: float, until: float | None = None) -> fl
     ended up to 0.1 s before `since` but never misses one inside the window. That last
     period is waited for (up to 3 s: a stalled loop writes late).
     """
+    return probe_stall_max_ms(st.loop_probe, since, until)
+
+
+def probe_stall_max_ms(probe: Path, since: float, until: float | None = None) -> float | None:
+    """`loop_stall_max_ms` read from one probe file, for a knative-xds started elsewhere."""
     until = time.time() if until is None else until
     deadline = time.monotonic() + 3
     while True:
-        lines = _probe_lines(st.loop_probe)
+        lines = _probe_lines(probe)
         if (lines and lines[-1]["end"] >= until) or time.monotonic() > deadline:
             break
         time.sleep(0.02)

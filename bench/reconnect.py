@@ -230,6 +230,8 @@ def reconnect(
                 proc.stdin.flush()
             reports = [json.loads(_read_line(proc, "holding the snapshot")) for proc in procs]
             server_cpu = cpu_seconds(st.procs[0].pid) - server_before
+            # Every gateway connected and holding the snapshot: the server's resident size.
+            server_rss_mb = st.rss_kb() / 1024
             synced = [t - go for r in reports for t in r["synced"]]
             stall = loop_stall_max_ms(st, go, go + max(synced))
             for proc in procs:
@@ -256,6 +258,7 @@ def reconnect(
         "server_cpu_s": round(server_cpu, 2),
         "clients_cpu_s": round(sum(r["cpu_s"] for r in reports), 2),
         "loop_stall_max_ms": stall,
+        "server_rss_mb": round(server_rss_mb, 1),
     }
 
 
@@ -292,6 +295,7 @@ def main() -> None:
             "server CPU meanwhile": f"{r['server_cpu_s']} s",
             f"clients' CPU ({r['client_processes']} processes)": f"{r['clients_cpu_s']} s",
             "longest server loop stall": f"{r['loop_stall_max_ms']} ms",
+            "server RSS, every gateway connected": f"{r['server_rss_mb']} MB",
         },
     )
 

@@ -17,11 +17,12 @@ from knative_xds import synth
 from knative_xds.model import AccessLogFormat, GatewayOptions, RawObject, Resolver
 from knative_xds.model.gateway_options import DEFAULT_JSON_FIELDS, parse_config_xds
 from knative_xds.model.objects import ObjectError
-from knative_xds.model.types import ExtAuthz, ExtAuthzProtocol
+from knative_xds.model.types import ExtAuthz, ExtAuthzProtocol, Tracing, TracingProtocol
 from knative_xds.resources import CLUSTER, LISTENER
 from knative_xds.translate.access_log import access_logs, tls_parameters
 from knative_xds.translate.ext_authz import EXT_AUTHZ_CLUSTER, EXT_AUTHZ_FILTER
 from knative_xds.translate.listeners import tls_listener_resource
+from knative_xds.translate.tracing import OTEL_TRACER, TRACING_CLUSTER
 
 from .helpers import Gateway, changes, deleted
 
@@ -81,7 +82,7 @@ GOOD: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
         {"cluster_cert_secret": "knative-serving-certs"},
     ),
     # Kourier's tracing keys (and any other) are left unread.
-    "unread-keys": ({"tracing-endpoint": "otel:4317", "_example": "docs"}, {}),
+    "unread-keys": ({"zipkin-endpoint": "zipkin:9411", "_example": "docs"}, {}),
     # The extauthz-* keys mean nothing without extauthz-host, as in Kourier.
     "extauthz-off": ({"extauthz-host": "", "extauthz-timeout": "soon"}, {}),
     "extauthz-grpc-defaults": (
@@ -110,6 +111,50 @@ GOOD: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
     "extauthz-empty-protocol-is-grpc": (
         {"extauthz-host": "authz:9000", "extauthz-protocol": ""},
         {"ext_authz": ExtAuthz("authz", 9000)},
+    ),
+    # The tracing-* keys mean nothing without tracing-endpoint, as in Kourier.
+    "tracing-off": ({"tracing-endpoint": "", "tracing-sampling-rate": "lots"}, {}),
+    "tracing-kourier-grpc-url-defaults": (
+        {"tracing-endpoint": "http://otel.observability.svc:4317"},
+        {"tracing": Tracing("otel.observability.svc", 4317)},
+    ),
+    "tracing-host-port": (
+        {"tracing-endpoint": "10.0.0.5:4317"},
+        {"tracing": Tracing("10.0.0.5", 4317)},
+    ),
+    "tracing-http-protobuf-all-keys": (
+        {
+            "tracing-endpoint": "http://otel:4318/v1/traces",
+            "tracing-protocol": "http/protobuf",
+            "tracing-sampling-rate": "0.25",
+            "tracing-service-name": "edge",
+        },
+        {"tracing": Tracing("otel", 4318, TracingProtocol.HTTP, "/v1/traces", 0.25, "edge")},
+    ),
+    "tracing-http-own-path-ipv6": (
+        {"tracing-endpoint": "http://[::1]:9000/otlp/spans", "tracing-protocol": "http"},
+        {"tracing": Tracing("::1", 9000, TracingProtocol.HTTP, "/otlp/spans")},
+    ),
+    "tracing-http-no-path-is-otlps": (
+        {"tracing-endpoint": "http://otel:4318", "tracing-protocol": "http/protobuf"},
+        {"tracing": Tracing("otel", 4318, TracingProtocol.HTTP, "/v1/traces")},
+    ),
+    "tracing-empty-keys-are-kourier-defaults": (
+        {
+            "tracing-endpoint": "otel:4317",
+            "tracing-protocol": "",
+            "tracing-sampling-rate": "",
+            "tracing-service-name": "",
+        },
+        {
+            "tracing": Tracing(
+                "otel", 4317, TracingProtocol.GRPC, "/v1/traces", 1.0, "kourier-knative"
+            )
+        },
+    ),
+    "tracing-rate-zero-go-float": (
+        {"tracing-endpoint": "otel:4317", "tracing-sampling-rate": "0e0"},
+        {"tracing": Tracing("otel", 4317, sampling_rate=0.0)},
     ),
 }
 
@@ -205,6 +250,45 @@ BAD: dict[str, tuple[dict[str, str], str, str]] = {
         {"extauthz-host": "a:1", "extauthz-path-prefix": "/v?x=1"},
         "extauthz-path-prefix",
         "'?'",
+    ),
+    "tracing-no-port": ({"tracing-endpoint": "http://otel"}, "tracing-endpoint", "host:port"),
+    "tracing-bare-host": ({"tracing-endpoint": "otel"}, "tracing-endpoint", "host:port"),
+    "tracing-https": ({"tracing-endpoint": "https://otel:4317"}, "tracing-endpoint", "TLS"),
+    "tracing-scheme": ({"tracing-endpoint": "grpc://otel:4317"}, "tracing-endpoint", "http://"),
+    "tracing-bad-host": (
+        {"tracing-endpoint": "http://Otel_C:4317"},
+        "tracing-endpoint",
+        "host name",
+    ),
+    "tracing-query": (
+        {"tracing-endpoint": "http://otel:4318/v1/traces?x=1"},
+        "tracing-endpoint",
+        "no query",
+    ),
+    "tracing-protocol": (
+        {"tracing-endpoint": "otel:4317", "tracing-protocol": "zipkin"},
+        "tracing-protocol",
+        "grpc or http/protobuf",
+    ),
+    "tracing-rate-over-1": (
+        {"tracing-endpoint": "otel:4317", "tracing-sampling-rate": "1.5"},
+        "tracing-sampling-rate",
+        "0.0 to 1.0",
+    ),
+    "tracing-rate-negative": (
+        {"tracing-endpoint": "otel:4317", "tracing-sampling-rate": "-0.1"},
+        "tracing-sampling-rate",
+        "0.0 to 1.0",
+    ),
+    "tracing-rate-nan": (
+        {"tracing-endpoint": "otel:4317", "tracing-sampling-rate": "NaN"},
+        "tracing-sampling-rate",
+        "0.0 to 1.0",
+    ),
+    "tracing-rate-percent": (
+        {"tracing-endpoint": "otel:4317", "tracing-sampling-rate": "50%"},
+        "tracing-sampling-rate",
+        "number",
     ),
 }
 
@@ -371,3 +455,30 @@ def test_an_authorizer_adds_its_cluster_and_filter_and_removing_it_takes_both_aw
     assert [f.name for f in manager(gateway, "external").http_filters] == [
         "envoy.filters.http.router"
     ]
+
+
+# -- tracing: the tracer on every connection manager, the collector's cluster in CDS ----------
+
+
+def test_tracing_adds_its_cluster_and_tracer_a_rate_change_is_listeners_only_and_off_takes_both() -> (
+    None
+):
+    gateway = served_gateway()
+    assert not manager(gateway, "external").HasField("tracing")
+    touched = gateway.apply(config_xds(tracing_endpoint="http://otel.observability:4317"))
+    assert touched == {CLUSTER: {TRACING_CLUSTER}, LISTENER: {"external", "internal"}}
+    for listener in ("external", "internal"):
+        m = manager(gateway, listener)
+        assert m.tracing.provider.name == OTEL_TRACER
+        assert m.tracing.overall_sampling.value == 100.0
+        assert m.generate_request_id.value is True
+
+    touched = gateway.apply(
+        config_xds(tracing_endpoint="http://otel.observability:4317", tracing_sampling_rate="0.1")
+    )
+    assert touched == {LISTENER: {"external", "internal"}}
+    assert abs(manager(gateway, "internal").tracing.overall_sampling.value - 10.0) < 1e-9
+
+    touched = gateway.apply(config_xds())
+    assert touched == {CLUSTER: {TRACING_CLUSTER}, LISTENER: {"external", "internal"}}
+    assert not manager(gateway, "external").HasField("tracing")

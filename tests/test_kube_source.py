@@ -22,6 +22,7 @@ from knative_xds.model import ObjectKey, Resolver
 from knative_xds.model.kinds import NETWORKING, SERVING
 from knative_xds.pipeline import Pipeline
 from knative_xds.resources import CLUSTER, ENDPOINT
+from knative_xds.sources import kube_watch
 from knative_xds.sources.kube import ClusterConfigError, KubeSource, collections, connect
 from knative_xds.sources.kube_watch import Backoff, WatchOptions
 from knative_xds.translate import GatewayConfig, Translator
@@ -182,6 +183,47 @@ async def test_after_410_a_relist_reports_what_changed_in_the_gap_including_dele
         route_key("born"): sink.state()[route_key("born")],
     }
     assert route_key("hello") in sink.state(), "unchanged objects stay, and are not sent again"
+
+
+async def test_a_relist_read_and_diffed_in_steps_reports_the_gap_exactly_once(
+    server: FakeApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Steps of 2 objects: the loop runs other tasks within a list page and within the
+    # diff; what is reported is still the gap, once, and the watch resumes from the
+    # new list's version.
+    monkeypatch.setattr(kube_watch, "DIFF_STEP", 2)
+    a_cluster(server)
+    for i in range(7):
+        server.put(a_route(f"r{i}"))
+    sink = RecordingSink()
+    paged = WatchOptions(backoff=FAST.backoff, page_size=3)
+    async with watching(server, sink, options=paged) as ready:
+        await synced(server, ready)
+        held = server.hold("watch", "/routes")
+        server.drop_watches()
+        await held.arrived.wait()
+        server.delete(SERVING, "Route", "default", "r1")
+        server.put(a_route("r4", revision="hello-00002"))
+        server.put(a_route("r9"))
+        server.compact()
+        listed_at = server.version
+        held.release()
+        await sink.until(lambda: route_key("r9") in sink.state())
+        server.put(a_route("after"))
+        await sink.until(lambda: route_key("after") in sink.state())
+
+    assert sink.submitted[0] == {
+        route_key("r1"): None,
+        route_key("r4"): sink.state()[route_key("r4")],
+        route_key("r9"): sink.state()[route_key("r9")],
+    }
+    assert sink.state()[route_key("r4")].body["spec"]["traffic"][0]["revisionName"] == (
+        "hello-00002"
+    )
+    watches = server.requests("watch", "/routes")
+    assert watches[-1].query["resourceVersion"] == str(listed_at), (
+        "the watch resumes from the new list's version"
+    )
 
 
 async def test_an_error_410_event_on_an_open_watch_leads_to_a_relist(server: FakeApiServer) -> None:

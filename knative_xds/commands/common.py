@@ -72,6 +72,13 @@ def add_gateway_flags(p: argparse.ArgumentParser, *, listen: str) -> None:
         help="public hosts over TLS, for KIngresses with spec.tls (default: 8443)",
     )
     g.add_argument(
+        "--internal-tls-port",
+        type=port_number,
+        default=8444,
+        help="cluster-local hosts over TLS, with config-xds cluster-cert-secret "
+        "(default: 8444, as Kourier)",
+    )
+    g.add_argument(
         "--listen-address", default=listen, help=f"address the listeners bind (default: {listen})"
     )
     g.add_argument(
@@ -180,6 +187,7 @@ def settings(args: argparse.Namespace) -> Settings:
             external_port=args.external_port,
             internal_port=args.internal_port,
             external_tls_port=args.external_tls_port,
+            internal_tls_port=args.internal_tls_port,
             trusted_hops=args.trusted_hops,
         ),
         activator_mode=ActivatorMode(args.activator),

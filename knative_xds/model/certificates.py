@@ -2,7 +2,8 @@
 
 A certificate is served while some served Ingress names its Secret. A Secret
 deleted (or made unparsable) under a served Ingress leaves that Ingress at its
-last good version, and so its certificate keeps serving with it.
+last good version, and so its certificate keeps serving with it. The gateway's
+own certificate (`cluster-cert-secret`, cluster_cert.py) is served while named.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from .types import Certificate, Ingress, ObjectKey
 
 # The parsed Secret of a key, or None.
 SecretOf = Callable[[ObjectKey], object]
+# The user that is the gateway itself (config-xds `cluster-cert-secret`, cluster_cert.py):
+# no Ingress has an empty namespace.
+GATEWAY_USER = ObjectKey("", "config-xds")
 
 
 class CertificateIndex:
@@ -32,6 +36,19 @@ class CertificateIndex:
         for secret in after - before:
             self._users[secret].add(key)
         return before ^ after
+
+    def use_for_gateway(self, before: ObjectKey | None, after: ObjectKey | None) -> set[ObjectKey]:
+        """The gateway's own certificate moved from `before` to `after` (None: none); the
+        Secrets it started or stopped naming. Served while named, as an Ingress's is."""
+        if before == after:
+            return set()
+        if before is not None:
+            self._users[before].discard(GATEWAY_USER)
+            if not self._users[before]:
+                del self._users[before]
+        if after is not None:
+            self._users[after].add(GATEWAY_USER)
+        return {k for k in (before, after) if k is not None}
 
     def refresh(self, secrets: Iterable[ObjectKey], secret_of: SecretOf) -> set[ObjectKey]:
         """Bring these Secrets' certificates up to date; the keys that changed."""

@@ -5,20 +5,29 @@ user can copy their data across; `service-access-log-format`, `min-tls-version`
 and `trusted-hops` are ours. Every value is checked here, when the ConfigMap is
 read, against what Envoy would take: a bad one is an error on its key (the
 resolver keeps the last good options serving), never a listener Envoy rejects.
-Keys this module does not know are left unread (Kourier's `tracing-*` among
-them), as Knative leaves unknown keys of its ConfigMaps. The `extauthz-*` keys
-are read only when `extauthz-host` is set, as Kourier reads them.
+Keys this module does not know are left unread, as Knative leaves unknown keys
+of its ConfigMaps. The `extauthz-*` keys are read only when `extauthz-host` is
+set, and the `tracing-*` keys only when `tracing-endpoint` is, as Kourier reads them.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 
 from .objects import ObjectError, RawObject, dns_subdomain_error, string_map
-from .types import AccessLogFormat, ExtAuthz, ExtAuthzProtocol, GatewayOptions
+from .types import (
+    AccessLogFormat,
+    ExtAuthz,
+    ExtAuthzProtocol,
+    GatewayOptions,
+    Tracing,
+    TracingProtocol,
+)
 
 # Kourier's boolean keys are read with Go's strconv.ParseBool: these spellings.
 _TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
@@ -225,6 +234,8 @@ def _trusted_hops(key: str, value: str) -> int:
 
 
 def _secret_name(key: str, value: str) -> str:
+    if not value.strip():
+        return ""  # Kourier's default, "": no internal TLS
     why = dns_subdomain_error(value.strip())
     if why is not None:
         raise ObjectError(f"data.{key}", f"is not a Secret name: {why}")
@@ -259,7 +270,14 @@ EXTAUTHZ_KEYS = (
     "extauthz-timeout",
     "extauthz-path-prefix",
 )
-KEYS = (*_READERS, TEMPLATE_KEY, *EXTAUTHZ_KEYS)
+TRACING_ENDPOINT = "tracing-endpoint"
+TRACING_KEYS = (
+    TRACING_ENDPOINT,
+    "tracing-protocol",
+    "tracing-sampling-rate",
+    "tracing-service-name",
+)
+KEYS = (*_READERS, TEMPLATE_KEY, *EXTAUTHZ_KEYS, *TRACING_KEYS)
 # Envoy's timeouts end near 292 years; an authorizer that takes a day is not answering.
 MAX_EXTAUTHZ_TIMEOUT_MS = 24 * 3600 * 1000
 _UINT32 = (1 << 32) - 1
@@ -337,6 +355,65 @@ def parse_ext_authz(data: Mapping[str, str]) -> ExtAuthz | None:
     return ExtAuthz(host=host, port=port, **values)  # type: ignore[arg-type]
 
 
+# Kourier's `tracing-protocol` values are knative.dev/pkg's: `grpc` and `http/protobuf`.
+_TRACING_PROTOCOLS = {
+    "grpc": TracingProtocol.GRPC,
+    "http/protobuf": TracingProtocol.HTTP,
+    "http": TracingProtocol.HTTP,
+}
+
+
+def _collector(key: str, value: str) -> tuple[str, int, str]:
+    """Host, port and path of Kourier's URL form (`http://otel.observability:4317`,
+    `http://otel:4318/v1/traces`) or of a bare `host:port`."""
+    text = value.strip()
+    if "://" not in text:
+        return (*_host_port(key, text), "")
+    url = urllib.parse.urlsplit(text)
+    if url.scheme != "http":
+        raise ObjectError(
+            f"data.{key}",
+            f"{value[:60]!r}: use http://host:port[/path] or host:port (TLS to the collector"
+            " is not supported)",
+        )
+    host, port = _host_port(key, url.netloc)
+    if url.query or url.fragment or _HEADER_UNSAFE.search(url.path):
+        raise ObjectError(f"data.{key}", f"{value[:60]!r}: the path takes no query or spaces")
+    return host, port, url.path
+
+
+def _sampling_rate(key: str, value: str) -> float:
+    try:
+        rate = float(value.strip())
+    except ValueError:
+        rate = math.nan
+    if not 0.0 <= rate <= 1.0:  # NaN fails too
+        raise ObjectError(f"data.{key}", f"{value[:30]!r}: must be a number from 0.0 to 1.0")
+    return rate
+
+
+def parse_tracing(data: Mapping[str, str]) -> Tracing | None:
+    """The collector, or None when `tracing-endpoint` is unset or empty (Kourier's switch:
+    the other `tracing-*` keys are then not read); an empty key takes Kourier's default."""
+    if not data.get(TRACING_ENDPOINT, "").strip():
+        return None
+    host, port, path = _collector(TRACING_ENDPOINT, data[TRACING_ENDPOINT])
+    values: dict[str, object] = {}
+    if text := data.get("tracing-protocol", "").strip():
+        if text.lower() not in _TRACING_PROTOCOLS:
+            raise ObjectError(
+                "data.tracing-protocol", f"{text[:30]!r}: use grpc or http/protobuf (or http)"
+            )
+        values["protocol"] = _TRACING_PROTOCOLS[text.lower()]
+    if path and path != "/":
+        values["path"] = path
+    if text := data.get("tracing-sampling-rate", "").strip():
+        values["sampling_rate"] = _sampling_rate("tracing-sampling-rate", text)
+    if text := data.get("tracing-service-name", "").strip():
+        values["service_name"] = text
+    return Tracing(host=host, port=port, **values)  # type: ignore[arg-type]
+
+
 def parse_config_xds(raw: RawObject) -> GatewayOptions:
     """`config-xds`'s data as GatewayOptions; ObjectError naming the first bad key."""
     data = string_map(raw.body, "data")
@@ -352,4 +429,5 @@ def parse_config_xds(raw: RawObject) -> GatewayOptions:
     elif template:
         values["access_log_template"] = check_template(TEMPLATE_KEY, template)
     values["ext_authz"] = parse_ext_authz(data)
+    values["tracing"] = parse_tracing(data)
     return GatewayOptions(**values)  # type: ignore[arg-type]

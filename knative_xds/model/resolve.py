@@ -26,6 +26,7 @@ from immutables import Map
 from . import network as net
 from .backends import BackendIndex
 from .certificates import CertificateIndex
+from .cluster_cert import CONFIG_XDS, cluster_cert_key, cluster_cert_problem
 from .config_maps import problem_of, read_gateway, read_network
 from .from_kingress import kingress_ingress
 from .from_routes import route_ingress
@@ -193,6 +194,9 @@ class Resolver:
         gateway_moved = False
         if dirty.gateway:
             gateway = read_gateway(self._config_maps, self._parse_problems, self._gateway)
+            dirty.secrets |= self._certificates.use_for_gateway(
+                cluster_cert_key(self._gateway), cluster_cert_key(gateway)
+            )
             gateway_moved, self._gateway = gateway != self._gateway, gateway
         before = dict(self._ingresses)
         changed = self._resolve_ingresses(dirty.ingresses)
@@ -229,7 +233,22 @@ class Resolver:
         )
 
     def problems(self) -> tuple[Problem, ...]:
-        return tuple(sorted([*self._parse_problems.values(), *self._ingress_problems.values()]))
+        found = [*self._parse_problems.values(), *self._ingress_problems.values()]
+        if (cert := self._cluster_cert_problem()) is not None:
+            found.append(cert)
+        return tuple(sorted(found))
+
+    def _cluster_cert_problem(self) -> Problem | None:
+        key = cluster_cert_key(self._gateway)
+        if key is None:
+            return None
+        config = self._seen.get((CONFIG_MAP, CONFIG_XDS))
+        return cluster_cert_problem(
+            self._gateway,
+            parsed=self._specs.get((SECRET, key)),
+            served=self._certificates.certificates,
+            origin=config[0] if config else "",
+        )
 
     def problem_of(self, ident: Ident) -> Problem | None:
         """Why this object is not served as it is now (its parse, then its resolution)."""

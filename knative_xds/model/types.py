@@ -221,6 +221,25 @@ class ExtAuthz:
     path_prefix: str = ""  # HTTP(S) only: put before the request's path
 
 
+class TracingProtocol(enum.Enum):
+    """How spans reach the collector: OTLP over gRPC, or OTLP/HTTP (protobuf POSTs)."""
+
+    GRPC = "grpc"
+    HTTP = "http"
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """The OTLP collector spans go to (`tracing-*` in config-xds), with Kourier's defaults."""
+
+    host: str
+    port: int
+    protocol: TracingProtocol = TracingProtocol.GRPC
+    path: str = "/v1/traces"  # OTLP/HTTP only: where spans are POSTed
+    sampling_rate: float = 1.0  # 0..1: the share of requests traced
+    service_name: str = "kourier-knative"
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayOptions:
     """The gateway's settings from ConfigMap `config-xds` (model/gateway_options.py).
@@ -240,9 +259,11 @@ class GatewayOptions:
     min_tls_version: str = ""  # "1.0" to "1.3"; empty: Envoy's default (1.2)
     stream_idle_timeout: float | None = None  # seconds, 0 turns it off
     trusted_hops: int | None = None
-    # Parsed and kept; the internal listener does not serve TLS yet.
+    # A TLS Secret in knative-serving: the cluster-local TLS listener's certificate
+    # (model/cluster_cert.py); empty: no such listener.
     cluster_cert_secret: str = ""
     ext_authz: ExtAuthz | None = None  # None: no external authorization
+    tracing: Tracing | None = None  # None: no spans sent
 
 
 def _frozen_map(value: Mapping) -> Map:

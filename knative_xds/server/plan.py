@@ -22,10 +22,11 @@ from what it was last sent with the evaluated names applied.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..cache import Snapshot
 from ..resources import CLUSTER, ENDPOINT, FULL_STATE_TYPES, ROUTE, Resource
+from . import shared
 from .subscription import Subscription
 
 Subscriptions = Mapping[str, Subscription]
@@ -43,6 +44,8 @@ class Outgoing:
     whole_snapshot: bool = False
     # Clusters sent with new content: their endpoints must be sent again.
     renewed: tuple[str, ...] = ()
+    # `resources` is a map other streams are sent too: its joined entries are shared.
+    shared: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,11 +195,54 @@ def plan_type(
     """Plan one type for one client: a pure function of the snapshot and subscriptions."""
     sub = subs[type_url]
     ctx = _Context(snapshot, subs)
+    if only is None and _fresh(type_url, sub, ctx):
+        return _first(type_url, snapshot, sub, delta=delta)
     candidates = _candidates(type_url, ctx, only)
     plan = _delta if delta else _sotw
     out = plan(type_url, snapshot, sub, candidates, ctx)
     # Read after planning: `ctx.waiting` is what this pass found held back.
     return Plan(out, frozenset((sub.recheck - candidates) | ctx.waiting))
+
+
+def _fresh(type_url: str, sub: Subscription, ctx: _Context) -> bool:
+    """Does this stream hold nothing of the type, so that its first plan is the same as
+    every other fresh stream's of the same shape?
+
+    Then no name waits: nothing was sent to retain, and a route table waits only for
+    clusters the client lacks, which it lacks none of once it holds the snapshot's.
+    A wildcard that also names names is planned the long way.
+    """
+    if sub.responded or sub.sent or sub.unsettled or sub.held_gone:
+        return False
+    if sub.wildcard and sub.names:
+        return False
+    if type_url == ENDPOINT:
+        # Endpoints of a cluster kept for old routes wait (and are rechecked): only
+        # a client sent no clusters, or the snapshot's very set, has none of those.
+        cds = ctx.subs.get(CLUSTER)
+        return cds is None or not cds.sent or cds.sent is ctx.snapshot.of(CLUSTER)
+    return type_url != ROUTE or ctx.holds_every_cluster()
+
+
+def _first(type_url: str, snapshot: Snapshot, sub: Subscription, *, delta: bool) -> Plan:
+    """A fresh stream's first plan, from the selection shared by streams of its shape:
+    what `_sotw` and `_delta` decide for it, without evaluating a name per stream."""
+    items = snapshot.of(type_url)
+    chosen = shared.select(type_url, items, wildcard=sub.wildcard, names=sub.names)
+    # What the long way would keep to look at again: names it did not consider.
+    recheck = frozenset(sub.recheck.difference(items if sub.wildcard else sub.names))
+    version = snapshot.version(type_url)
+    resources, whole = chosen.resources, chosen.whole
+    if delta:
+        out = Outgoing(type_url, version, resources, chosen.missing, whole_snapshot=whole)
+    elif type_url in FULL_STATE_TYPES:
+        whole = whole and sub.wildcard
+        out = Outgoing(type_url, version, resources, full_state=True, whole_snapshot=whole)
+    elif resources or sub.wildcard:
+        out = Outgoing(type_url, version, resources, whole_snapshot=whole)
+    else:
+        return Plan(None, recheck)
+    return Plan(replace(out, shared=True), recheck)
 
 
 def plan_sotw(

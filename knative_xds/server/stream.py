@@ -19,6 +19,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from ..cache import ConfigCache, Snapshot
 from ..resources import ENDPOINT, PUSH_ORDER, short
+from . import shared
 from .callbacks import NO_CALLBACKS, Callbacks, StreamStatus
 from .decide import classify_delta, classify_sotw
 from .limits import DEFAULT_LIMITS, Limits, truncated
@@ -267,10 +268,14 @@ class Stream:
                 removed_resources=out.removed,
                 control_plane=identity,
             ).SerializeToString()
+            if out.shared:
+                return head + shared.joined(out.resources, delta=True)
             return head + b"".join(out.resources[n].delta_entry for n in sorted(out.resources))
         head = discovery_pb2.DiscoveryResponse(
             version_info=out.version, type_url=out.type_url, nonce=nonce, control_plane=identity
         ).SerializeToString()
         if out.whole_snapshot:
             return head + snapshot.full_body(out.type_url)
+        if out.shared:
+            return head + shared.joined(out.resources, delta=False)
         return head + b"".join(out.resources[n].sotw_entry for n in sorted(out.resources))

@@ -27,6 +27,7 @@ from .edge import CONNECTION_LIMIT_FILTER, EDGE, Edge, buffer_limit, connection_
 from .ext_authz import ext_authz_filters
 from .names import Listener, secret_name
 from .scopes import key_builder
+from .tracing import apply_tracing
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
@@ -70,6 +71,7 @@ def connection_manager(
         access_log=access_logs(options),
     )
     harden(manager, edge, trusted_hops)
+    apply_tracing(manager, options)  # tracing.py, when configured
     return manager
 
 
@@ -148,24 +150,14 @@ def tls_listener_resource(
 ) -> Resource:
     """The HTTPS listener: by SNI, one filter chain per certificate, its hosts' scopes."""
     filter_chains = []
-    params = tls_parameters(options)
     for secret, hosts in chains.items():
-        context = tls_pb2.DownstreamTlsContext(
-            common_tls_context=tls_pb2.CommonTlsContext(
-                alpn_protocols=["h2", "http/1.1"],
-                tls_params=params,
-                tls_certificate_sds_secret_configs=[
-                    secret_pb2.SdsSecretConfig(name=secret, sds_config=ads_config_source())
-                ],
-            )
-        )
         filter_chains.append(
             listener_components_pb2.FilterChain(
                 name=secret,
                 filter_chain_match=listener_components_pb2.FilterChainMatch(
                     server_names=list(hosts)
                 ),
-                transport_socket=_transport_socket(context),
+                transport_socket=sds_transport_socket(secret, options),
                 filters=_filters(Listener.EXTERNAL_TLS, edge, trusted_hops, options),
             )
         )
@@ -185,5 +177,16 @@ def tls_listener_resource(
     return Resource.of(msg, name=msg.name, refs=chains.keys())
 
 
-def _transport_socket(context: tls_pb2.DownstreamTlsContext) -> base_pb2.TransportSocket:
+def sds_transport_socket(secret: str, options: GatewayOptions) -> base_pb2.TransportSocket:
+    """TLS with the certificate of SDS secret `secret`, fetched on the ADS stream, so that
+    a rotation re-sends the secret alone; the TLS policy of config-xds."""
+    context = tls_pb2.DownstreamTlsContext(
+        common_tls_context=tls_pb2.CommonTlsContext(
+            alpn_protocols=["h2", "http/1.1"],
+            tls_params=tls_parameters(options),
+            tls_certificate_sds_secret_configs=[
+                secret_pb2.SdsSecretConfig(name=secret, sds_config=ads_config_source())
+            ],
+        )
+    )
     return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=_pack(context))

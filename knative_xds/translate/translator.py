@@ -6,7 +6,7 @@ from the resolver says which Ingresses, backends and certificates changed;
 only those are rebuilt, and the result is a `Delta`: the names per type whose
 resource changed or went away. New gateway options (`State.gateway`, from
 ConfigMap `config-xds`) rebuild the listeners alone (and the external
-authorizer's cluster, when `extauthz-host` changes).
+authorizer's or the OTLP collector's cluster, when it changes).
 """
 
 from __future__ import annotations
@@ -15,16 +15,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from ..model import Backend, GatewayOptions, Ingress, ObjectKey, Tls, Update
+from ..model.cluster_cert import cluster_cert_key
 from ..resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET, Resource
 from .clusters import cluster_resource
 from .edge import EDGE, Edge
 from .endpoints import endpoints_resource
 from .ext_authz import EXT_AUTHZ_CLUSTER, ext_authz_cluster_resource
+from .internal_tls import internal_tls_listener_resource
 from .listeners import listener_resource, tls_chains, tls_listener_resource
 from .names import Listener, route_table_name, scope_name
 from .routes import listener_rules, route_tables
 from .scopes import scope_key, scope_resource
 from .secrets import secret_resource
+from .tracing import TRACING_CLUSTER, tracing_cluster_resource
 
 Ident = tuple[str, str]  # (type URL, name)
 
@@ -37,6 +40,8 @@ class GatewayConfig:
     external_port: int = 8080
     internal_port: int = 8081
     external_tls_port: int = 8443
+    # Cluster-local hosts over TLS, with config-xds `cluster-cert-secret` (Kourier's port).
+    internal_tls_port: int = 8444
     # Load balancers in front of the gateway whose X-Forwarded-For entries are trusted;
     # `trusted-hops` in config-xds, when set, wins.
     trusted_hops: int = 0
@@ -83,10 +88,12 @@ class Translator:
         # Ingresses with TLS hosts: what the HTTPS listener's filter chains are made of.
         self._tls: dict[ObjectKey, tuple[Tls, ...]] = {}
         self._tls_listener: Resource | None = None
+        self._internal_tls_listener: Resource | None = None
         # The options (config-xds) the listeners were built with, and the plain ones.
         self._options = GatewayOptions()
         self._plain_listeners: dict[str, Resource] = {}
         self._ext_authz_cluster: Resource | None = None
+        self._tracing_cluster: Resource | None = None
         self._certificates_moved = False
         self._started = False
         self.stats = Stats()
@@ -135,6 +142,7 @@ class Translator:
                     del self._tls[key]
         if tls_touched:
             self._refresh_tls_listener(delta)
+            self._refresh_internal_tls_listener(delta)
 
     def owned(self, key: ObjectKey) -> Mapping[Ident, Resource]:
         """The resources that carry this Ingress's current version to a gateway: its route
@@ -172,8 +180,22 @@ class Translator:
             delta.set(resource)
         self._ext_authz_cluster = resource
 
+    def _refresh_tracing(self, delta: Delta) -> None:
+        """The OTLP collector's cluster (config-xds), as the authorizer's is."""
+        tracing, held = self._options.tracing, self._tracing_cluster
+        if tracing is None:
+            if held is not None:
+                delta.remove(CLUSTER, TRACING_CLUSTER)
+                self._tracing_cluster = None
+            return
+        resource = tracing_cluster_resource(tracing)
+        if held is None or held.version != resource.version:
+            delta.set(resource)
+        self._tracing_cluster = resource
+
     def _refresh_listeners(self, delta: Delta) -> None:
         self._refresh_ext_authz(delta)
+        self._refresh_tracing(delta)
         g = self._gateway
         edge, hops = self._edge()
         ports = {Listener.EXTERNAL: g.external_port, Listener.INTERNAL: g.internal_port}
@@ -217,6 +239,32 @@ class Translator:
         if self._tls_listener is None or self._tls_listener.version != resource.version:
             delta.set(resource)
         self._tls_listener = resource
+
+    def _refresh_internal_tls_listener(self, delta: Delta) -> None:
+        """The cluster-local TLS listener, while its certificate (config-xds) is served:
+        Envoy would hold a listener that names a missing secret warming."""
+        key = cluster_cert_key(self._options)
+        secret = self._secrets.get(key) if key is not None else None
+        held = self._internal_tls_listener
+        if secret is None:
+            if held is not None:
+                delta.remove(LISTENER, held.name)
+                self._internal_tls_listener = None
+            return
+        g = self._gateway
+        edge, hops = self._edge()
+        resource = internal_tls_listener_resource(
+            address=g.listen_address,
+            port=g.internal_tls_port,
+            secret=secret.name,
+            edge=edge,
+            trusted_hops=hops,
+            options=self._options,
+        )
+        self.stats.listeners_built += 1
+        if held is None or held.version != resource.version:
+            delta.set(resource)
+        self._internal_tls_listener = resource
 
     def _swap_resources(self, key: ObjectKey, ingress: Ingress | None, delta: Delta) -> None:
         """Rebuild one Ingress's tables and scopes, if `ingress` is not what they were built from."""

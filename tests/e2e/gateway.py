@@ -86,6 +86,7 @@ class Gateway:
     external: int = 0
     internal: int = 0
     tls: int = 0  # external-tls, for KIngresses with spec.tls
+    internal_tls: int = 0  # internal-tls, with config-xds cluster-cert-secret
     admin: int = 0
     _envoy: asyncio.subprocess.Process | None = None
     _follow: asyncio.Task | None = None
@@ -121,11 +122,15 @@ class Gateway:
     async def start(self, objects: Iterable[dict]) -> None:
         self.write(objects)
         self.external, self.internal, self.admin = free_port(), free_port(), free_port()
-        self.tls = free_port()
+        self.tls, self.internal_tls = free_port(), free_port()
         self.plane = ControlPlane(
             Settings(
                 gateway=GatewayConfig(
-                    "127.0.0.1", self.external, self.internal, external_tls_port=self.tls
+                    "127.0.0.1",
+                    self.external,
+                    self.internal,
+                    external_tls_port=self.tls,
+                    internal_tls_port=self.internal_tls,
                 )
             )
         )
