@@ -7,6 +7,11 @@ the write to the first request served by the new split.
 
     python -m bench.convergence --routes 100 --edits 100
     python -m bench.convergence --routes 5000 --edits 100 --json
+    python -m bench.convergence --routes 100 --edits 100 --baseline --json
+
+With --baseline, the same run then times the same edits applied by an Envoy that
+reads the same resources from a watched file, with no control plane
+(bench/file_baseline.py), and reports `baseline_p50_ms` and `ratio`.
 """
 
 from __future__ import annotations
@@ -14,10 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import tempfile
 import time
+from pathlib import Path
 
 from knative_xds import synth as s
 
+from . import file_baseline
 from .common import (
     print_table,
     route_name,
@@ -39,6 +47,9 @@ def main() -> None:
     parser.add_argument("--delta", action="store_true", help="Envoy uses Delta ADS")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--baseline", action="store_true", help="also time the edits from a watched file"
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
@@ -66,6 +77,14 @@ def main() -> None:
             "first_load_to_served_s": round(cold, 2),
             "control_plane_rss_mb": round(st.rss_kb(0) / 1024, 1),
         }
+    result["p50_ms"] = result["edit_to_served"]["p50_ms"]
+    if args.baseline:
+        # After the control plane's run, so the two never share the cores.
+        with tempfile.TemporaryDirectory(prefix="bench-file-baseline-") as tmp:
+            base = summary(file_baseline.run(args.routes, args.edits, rng, Path(tmp)))
+        result["baseline"] = base
+        result["baseline_p50_ms"] = base["p50_ms"]
+        result["ratio"] = round(result["p50_ms"] / base["p50_ms"], 2)
     if args.json:
         print(json.dumps(result))
     else:
@@ -77,6 +96,14 @@ def main() -> None:
                 "edit → served max": f"{result['edit_to_served']['max_ms']} ms",
                 "start → every cluster warm": f"{result['first_load_to_served_s']} s",
                 "control plane RSS": f"{result['control_plane_rss_mb']} MB",
+                **(
+                    {
+                        "file baseline p50": f"{result['baseline_p50_ms']} ms",
+                        "ratio (p50 / baseline p50)": result["ratio"],
+                    }
+                    if args.baseline
+                    else {}
+                ),
             },
         )
 

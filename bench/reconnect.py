@@ -46,6 +46,8 @@ OPTIONS = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
 # Field numbers, the same in DiscoveryResponse and DeltaDiscoveryResponse.
 _RESOURCES, _TYPE_URL, _NONCE, _VERSION = 2, 4, 5, 1
 _REMOVED = 6  # DeltaDiscoveryResponse.removed_resources
+# gRPC's details of a call cancelled by its own client (grpc.aio).
+LOCAL_CANCEL = "Locally cancelled by application!"
 
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:
@@ -128,7 +130,18 @@ class Gateway:
             request_serializer=request.SerializeToString,
             response_deserializer=read_counts,
         )
-        async for type_url, version, nonce, added, removed in call(self._requests()):
+        try:
+            await self._receive(call(self._requests()), request)
+        except grpc.aio.AioRpcError as e:
+            # Our own cancel (the run is over) can surface as the call's CANCELLED status
+            # rather than as the task's cancellation, when it lands while gRPC finishes
+            # the call: that is a clean end. A CANCELLED the server sent is not.
+            if e.code() is grpc.StatusCode.CANCELLED and e.details() == LOCAL_CANCEL:
+                raise asyncio.CancelledError from e
+            raise
+
+    async def _receive(self, responses, request) -> None:
+        async for type_url, version, nonce, added, removed in responses:
             if self.delta:
                 self.queue.put_nowait(request(type_url=type_url, response_nonce=nonce))
                 # No edits during the run: each name arrives once.

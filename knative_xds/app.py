@@ -40,7 +40,6 @@ class Settings:
     follow_public_endpoints: bool = False
     # KIngresses are reconciled only when their ingress.class annotation names this.
     ingress_class: str = DEFAULT_INGRESS_CLASS
-    coalesce_ms: float = 3.0
     # A first state with no Route or KIngress publishes nothing until one appears (an
     # empty or half-written folder must not wipe a connected gateway); see Pipeline.
     hold_empty_start: bool = True
@@ -60,7 +59,6 @@ class ControlPlane:
             resolver=self.resolver,
             translator=self.translator,
             cache=self.cache,
-            window_ms=settings.coalesce_ms,
             hold_empty_start=settings.hold_empty_start,
         )
         self.ads = AdsServer(self.cache)

@@ -1,7 +1,8 @@
 """sources → model → translate → cache: applies batches of object changes, coalesced.
 
-Sources `submit` changes as they see them; one task merges what arrives within
-a short window (a few milliseconds, not Istio's 100 ms) and applies it. Later
+Sources `submit` changes as they see them; one task applies them. A change that
+finds the pipeline idle is applied at once (no debounce window); those that
+arrive while a batch is being applied are merged into the next batch. Later
 changes to the same object replace earlier ones, so a burst of edits ends on
 the final state without a queue of intermediate ones.
 """
@@ -30,6 +31,9 @@ BULK_OBJECTS = 1000
 # Routes translated between two turns of the event loop during a first load: about
 # 20 ms of work, so streams are served while 5,000 Routes are built.
 ROUTES_PER_STEP = 100
+# Objects parsed and indexed between two turns of the event loop in a large batch after
+# the first load (a relist after an outage): a few tens of ms of work.
+OBJECTS_PER_STEP = 500
 
 
 # A change that withdraws more than this share of the served ingresses is a warning.
@@ -64,13 +68,11 @@ class Pipeline:
         resolver: Resolver,
         translator: Translator,
         cache: SnapshotCache,
-        window_ms: float = 3.0,
         hold_empty_start: bool = True,
     ) -> None:
         self.resolver = resolver
         self.translator = translator
         self.cache = cache
-        self._window = window_ms / 1000
         self._pending: dict[Ident, RawObject | None] = {}
         self._has_pending = asyncio.Event()
         self._source_problems: dict[str, list[Problem]] = {}
@@ -99,7 +101,12 @@ class Pipeline:
 
     def set_source_problems(self, scope: str, problems: Iterable[Problem]) -> None:
         """Problems a source found in one scope (a file), replacing that scope's earlier ones."""
-        self._source_problems[scope] = list(problems)
+        # Only scopes with problems are kept: with 25,000 clean files, every report would
+        # otherwise walk 25,000 empty lists.
+        if found := list(problems):
+            self._source_problems[scope] = found
+        else:
+            self._source_problems.pop(scope, None)
 
     def source_health(self, scope: str, healthy: bool, detail: str = "") -> None:
         last = self.health.get(scope)
@@ -154,6 +161,35 @@ class Pipeline:
         withdrawal = self._withdrawal(before.ingresses, update)
         return self._applied(Applied(update, snapshot, seconds, delta.count(), withdrawal))
 
+    async def apply_in_steps(self, changes: Mapping[Ident, RawObject | None]) -> Applied:
+        """`apply` for a large batch after the first load (a relist after an outage), with
+        the event loop let in between steps so that streams are served meanwhile.
+
+        Nothing is published until the end, and then once: a half-applied state could
+        send a route before its cluster. The caller holds `_loading`, so changes
+        submitted meanwhile wait for the next batch.
+        """
+        started = time.perf_counter()
+        before = self.resolver.state
+        items = list(changes.items())
+        with bulk_allocation():
+            for at in range(0, len(items), OBJECTS_PER_STEP):
+                self.resolver.stage(dict(items[at : at + OBJECTS_PER_STEP]))
+                await asyncio.sleep(0)
+            update = self.resolver.resolve()
+            await asyncio.sleep(0)
+            delta = self.translator.translate_backends(update)
+            keys = sorted(update.changed_ingresses)
+            # At least one call, with no key: new gateway options rebuild the listeners.
+            for at in range(0, max(len(keys), 1), ROUTES_PER_STEP):
+                self.translator.translate_ingresses(update, keys[at : at + ROUTES_PER_STEP], delta)
+                await asyncio.sleep(0)
+            snapshot = self._publish_or_hold(delta, update)
+        self._report()
+        seconds = time.perf_counter() - started
+        withdrawal = self._withdrawal(before.ingresses, update)
+        return self._applied(Applied(update, snapshot, seconds, delta.count(), withdrawal))
+
     def _publish_or_hold(self, delta: Delta, update: Update) -> Snapshot | None:
         if self._held is not None:  # a first load that served nothing: still nothing?
             delta = _merged(self._held, delta)
@@ -197,6 +233,8 @@ class Pipeline:
         changes = changes or {}
         async with self._loading:
             if self.cache.current() is not None or self._held is not None:
+                if len(changes) >= BULK_OBJECTS:
+                    return await self.apply_in_steps(changes)
                 return self.apply(changes)
             return await self._load_staged(changes)
 
@@ -251,14 +289,17 @@ class Pipeline:
             self._report()
 
     async def run(self) -> None:
-        """Apply submitted changes forever, coalescing those that arrive within the window."""
+        """Apply submitted changes forever: at once when idle; those that arrive while a
+        batch is applied (or the first load runs) make the next batch."""
         while True:
             await self._has_pending.wait()
-            await asyncio.sleep(self._window)
             async with self._loading:
                 batch, self._pending = self._pending, {}
                 self._has_pending.clear()
-                applied = self.apply(batch)
+                if len(batch) >= BULK_OBJECTS:
+                    applied = await self.apply_in_steps(batch)
+                else:
+                    applied = self.apply(batch)
             if applied.snapshot is not None:
                 log.info(
                     "published snapshot %s: %d objects changed, %d resources, in %.1f ms",

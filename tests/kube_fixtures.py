@@ -342,8 +342,8 @@ async def watching(
         yield ready
 
 
-async def synced(server: FakeApiServer, ready: asyncio.Event, *, watches: int = 8) -> None:
-    """Until the first state is applied and every collection (`watches` of them: eight
+async def synced(server: FakeApiServer, ready: asyncio.Event, *, watches: int = 9) -> None:
+    """Until the first state is applied and every collection (`watches` of them: nine
     for input routes) is being watched."""
     await ready.wait()
     await server.wait_for(lambda: len(server.requests("watch")) >= watches)

@@ -135,8 +135,9 @@ def test_the_gateway_services_reach_the_listeners_the_control_plane_serves(
     assert _port(container, "http-external") == args.external_port
     assert _port(container, "http-internal") == args.internal_port
     assert _port(container, "https-external") == args.external_tls_port
+    assert _port(container, "https-internal") == args.internal_tls_port
     assert _ports("knative-xds-gateway") == {80: "http-external", 443: "https-external"}
-    assert _ports("knative-local-gateway") == {80: "http-internal"}
+    assert _ports("knative-local-gateway") == {80: "http-internal", 443: "https-internal"}
 
 
 # -- RBAC -------------------------------------------------------------------------------

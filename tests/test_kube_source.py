@@ -27,6 +27,7 @@ from knative_xds.sources.kube import ClusterConfigError, KubeSource, collections
 from knative_xds.sources.kube_watch import Backoff, WatchOptions
 from knative_xds.translate import GatewayConfig, Translator
 from tests.fake_kube_api import FakeApiServer
+from tests.kingress_fixtures import a_secret
 from tests.kube_fixtures import (
     DEADLINE,
     FAST,
@@ -68,7 +69,7 @@ async def test_first_state_waits_for_every_list_then_holds_everything(
     sink = RecordingSink()
     async with watching(server, sink) as ready:
         await held.arrived.wait()
-        await server.wait_for(lambda: len(server.requests("watch")) == 7)
+        await server.wait_for(lambda: len(server.requests("watch")) == 8)
         server.put(a_route("late"))  # reaches the source through a watch, before the gate opens
         assert sink.calls == [] and not ready.is_set()
 
@@ -344,6 +345,10 @@ async def test_every_request_is_narrowed_by_selectors(
             (("labelSelector", "kubernetes.io/service-name=activator-service"),),
         ),
         (
+            "/api/v1/namespaces/knative-serving/secrets",
+            (("fieldSelector", "type=kubernetes.io/tls"),),
+        ),
+        (
             "/api/v1/namespaces/knative-serving/configmaps",
             (("fieldSelector", "metadata.name=config-domain"),),
         ),
@@ -458,6 +463,28 @@ async def test_input_ingress_asks_for_kingresses_services_tls_secrets_and_their_
     assert {raw.body["endpoints"][0]["addresses"][0] for raw in slices} == addresses
 
 
+async def test_input_routes_reads_the_tls_secrets_of_knative_serving_alone(
+    server: FakeApiServer,
+) -> None:
+    """config-xds's cluster-cert-secret is served with Routes as input too: the TLS
+    Secrets of knative-serving come in, no other Secret does."""
+    a_cluster(server)
+    server.put(a_secret("cluster-certs", ns="knative-serving"))
+    server.put(a_secret("hello-tls", ns="default"))
+    opaque = a_secret("not-tls", ns="knative-serving")
+    opaque["type"] = "Opaque"
+    server.put(opaque)
+    sink = RecordingSink()
+    async with watching(server, sink) as ready:
+        await synced(server, ready)
+        secrets = sorted(str(key) for (kind, key) in sink.state() if kind == "Secret")
+        assert secrets == ["knative-serving/cluster-certs"]
+        server.put(a_secret("rotated", ns="knative-serving"))
+        await sink.until(
+            lambda: any(str(key) == "knative-serving/rotated" for _, key in sink.state())
+        )
+
+
 def test_input_routes_is_what_was_read_before_kingresses() -> None:
     kinds = [(c.kind, c.api_version) for c in collections(input="routes")]
     assert kinds == [
@@ -466,6 +493,7 @@ def test_input_routes_is_what_was_read_before_kingresses() -> None:
         ("Configuration", SERVING),
         ("EndpointSlice", "discovery.k8s.io/v1"),
         ("EndpointSlice", "discovery.k8s.io/v1"),
+        ("Secret", "v1"),
         ("ConfigMap", "v1"),
         ("ConfigMap", "v1"),
         ("ConfigMap", "v1"),
@@ -526,9 +554,7 @@ def _endpoints(cache: SnapshotCache, name: str) -> list[str]:
 async def test_the_source_feeds_the_real_pipeline(server: FakeApiServer) -> None:
     a_cluster(server)
     cache = SnapshotCache()
-    pipeline = Pipeline(
-        resolver=Resolver(), translator=Translator(GatewayConfig()), cache=cache, window_ms=1
-    )
+    pipeline = Pipeline(resolver=Resolver(), translator=Translator(GatewayConfig()), cache=cache)
     published = asyncio.Event()
     cache.watch(published)
     async with watching(server, pipeline) as ready:

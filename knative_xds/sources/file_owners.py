@@ -25,6 +25,9 @@ Changes = dict[Ident, RawObject | None]
 class Owners:
     def __init__(self, remembered: Mapping[Ident, Sequence[Path]] | None = None) -> None:
         self._claims: dict[Ident, list[Path]] = {}
+        # Those with more than one claim, kept as claims come and go: `disputed` runs after
+        # every edit, and walking every claim there would make an edit cost O(objects).
+        self._disputed: set[Ident] = set()
         self._remembered = {ident: list(paths) for ident, paths in (remembered or {}).items()}
 
     def owner(self, ident: Ident) -> Path | None:
@@ -50,6 +53,8 @@ class Owners:
                     at = i
                     break
             claims.insert(at, path)
+            if len(claims) > 1:
+                self._disputed.add(ident)
         return claims[0]
 
     def release(self, ident: Ident, path: Path) -> Path | None:
@@ -57,6 +62,8 @@ class Owners:
         claims = self._claims.get(ident, [])
         if path in claims:
             claims.remove(path)
+        if len(claims) < 2:
+            self._disputed.discard(ident)
         order = self._remembered.get(ident)
         if order is not None and path in order:
             order.remove(path)  # it let go: coming back later, it queues like any other
@@ -73,7 +80,7 @@ class Owners:
 
     def disputed(self) -> dict[Ident, list[Path]]:
         """Objects more than one file defines, with their files in claim order."""
-        return {i: list(c) for i, c in self._claims.items() if len(c) > 1}
+        return {i: list(self._claims[i]) for i in self._disputed}
 
 
 class Definitions:

@@ -26,8 +26,9 @@ activator's among them). With `follow_public_endpoints` (which must match the
 Resolver's) the revisions' `Public` slices are read instead, and the
 unlabelled ones by a watch of their own. With `input="routes"`: Knative's
 Routes, Revisions and Configurations (all namespaces), the revisions' slices
-(label `serving.knative.dev/revision` too) and the activator's in
-`knative-serving`. Both read the ConfigMaps `config-domain`,
+(label `serving.knative.dev/revision` too), the activator's in
+`knative-serving`, and the TLS Secrets of `knative-serving` (config-xds's
+`cluster-cert-secret` is the one certificate this input serves). Both read the ConfigMaps `config-domain`,
 `config-network` and `config-xds` (the gateway's options) there, one named
 watch each (which RBAC can grant by `resourceNames`).
 
@@ -138,6 +139,11 @@ def collections(
             Collection(CONFIGURATION, SERVING, "configurations"),
             _slices(f"{REVISION_LABEL},{SERVICE_TYPE_LABEL}{service_type}"),
             _slices(f"{SERVICE_NAME_LABEL}={ACTIVATOR_SERVICE}", namespace=KNATIVE_NAMESPACE),
+            # Routes name no certificate: the only Secret this input serves is config-xds's
+            # cluster-cert-secret, which lives in knative-serving.
+            Collection(
+                SECRET, CORE, "secrets", namespace=KNATIVE_NAMESPACE, field_selector=TLS_SECRETS
+            ),
             *network,
         )
     # The activator's slices carry no serviceType label (activator-service is a plain
