@@ -176,8 +176,14 @@ class Pipeline:
             for at in range(0, len(items), OBJECTS_PER_STEP):
                 self.resolver.stage(dict(items[at : at + OBJECTS_PER_STEP]))
                 await asyncio.sleep(0)
-            update = self.resolver.resolve()
-            await asyncio.sleep(0)
+            steps = self.resolver.resolve_in_steps(per_step=ROUTES_PER_STEP)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    update = done.value
+                    break
+                await asyncio.sleep(0)
             delta = self.translator.translate_backends(update)
             keys = sorted(update.changed_ingresses)
             # At least one call, with no key: new gateway options rebuild the listeners.

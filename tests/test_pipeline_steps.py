@@ -107,3 +107,32 @@ async def test_a_lone_edit_on_an_idle_pipeline_is_applied_before_a_later_one_is_
     finally:
         runner.cancel()
     assert batches == [frozenset({"one"}), frozenset({"two"})]
+
+
+def test_resolving_in_steps_pauses_and_keeps_the_old_state_until_it_returns() -> None:
+    plane = new_plane()
+    resolver = plane.resolver
+    resolver.apply(raw_objects(*many_routes(ROUTES)))
+    before = resolver.state
+    resolver.stage(
+        raw_objects(
+            *(
+                synth.route(f"route-{i}", [synth.target(f"r-{i}", 100)], cluster_local=True)
+                for i in range(ROUTES)
+            )
+        )
+    )
+    steps = resolver.resolve_in_steps(per_step=10)
+    pauses = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            update = done.value
+            break
+        pauses += 1
+        assert resolver.state is before  # nothing half-resolved is visible meanwhile
+    assert pauses == ROUTES // 10
+    assert len(update.changed_ingresses) == ROUTES
+    rules = [r for i in update.state.ingresses.values() for r in i.rules]
+    assert rules and all(r.visibility.name == "CLUSTER_LOCAL" for r in rules)

@@ -17,7 +17,7 @@ resolution. Both are reported as `Problem`s until they are fixed or deleted.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,6 +183,18 @@ class Resolver:
 
     def resolve(self) -> Update:
         """Resolve what the objects staged since the last call touched; the new State."""
+        steps = self.resolve_in_steps(per_step=None)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def resolve_in_steps(self, per_step: int | None) -> Generator[None, None, Update]:
+        """`resolve`, pausing (a `yield`) after every `per_step` Ingresses resolved, so that
+        a caller with an event loop lets it run in between (a relist of 10,000). The
+        new State is the generator's return value; `state` is the old one until then.
+        """
         dirty, self._dirty = self._dirty, _Dirty()
         if dirty.network:
             self._network = read_network(
@@ -199,7 +211,7 @@ class Resolver:
             )
             gateway_moved, self._gateway = gateway != self._gateway, gateway
         before = dict(self._ingresses)
-        changed = self._resolve_ingresses(dirty.ingresses)
+        changed = yield from self._resolve_ingresses(dirty.ingresses, per_step)
         touched = set(dirty.backends)
         for key in changed:
             old, new = before.get(key), self._ingresses.get(key)
@@ -287,9 +299,12 @@ class Resolver:
 
     # -- ingresses --------------------------------------------------------------------
 
-    def _resolve_ingresses(self, dirty: set[Ident]) -> set[ObjectKey]:
+    def _resolve_ingresses(
+        self, dirty: set[Ident], per_step: int | None
+    ) -> Generator[None, None, set[ObjectKey]]:
         changed: set[ObjectKey] = set()
         pending = dirty
+        done = 0
         while pending:
             self._hosts.freed = False
             self._hosts.displaced = set()
@@ -299,6 +314,9 @@ class Resolver:
                 self._resolve_one(ident)
                 if self._ingresses.get(key) is not before:
                     changed.add(key)
+                done += 1
+                if per_step is not None and done % per_step == 0:
+                    yield
             # A host freed in this pass may unblock an Ingress that lost a host conflict
             # or has shadowed hosts, whichever name sorts first: retry those after the
             # pass, and only when a host was freed, so a lasting conflict costs nothing on

@@ -22,6 +22,7 @@ from .limits import DEFAULT_LIMITS, MAX_REQUEST_BYTES, Limits
 from .stream import ProtocolError, Stream, StuckClient
 from .subscription import Nack, release_names
 from .tls import TlsFiles, server_credentials
+from .turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ class AdsServer:
     ) -> None:
         self.cache = cache
         self.limits = limits
+        # Shared by every stream: their large plans are taken one at a time.
+        self.turns = Turns()
         self.streams: dict[int, Stream] = {}
         # Streams open (or waiting for the first state) per peer address.
         self.per_peer: dict[str, int] = {}
@@ -157,6 +160,7 @@ class AdsServer:
             peer=context.peer(),
             callbacks=self.callbacks,
             limits=self.limits,
+            turns=self.turns,
         )
         self.streams[stream.status.id] = stream
         self.callbacks.on_stream_open(stream.status)

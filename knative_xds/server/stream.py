@@ -25,6 +25,7 @@ from .decide import classify_delta, classify_sotw
 from .limits import DEFAULT_LIMITS, Limits, truncated
 from .plan import Outgoing, plan_type
 from .subscription import Decision, Nack, Subscription
+from .turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,11 @@ class Stream:
         peer: str,
         callbacks: Callbacks = NO_CALLBACKS,
         limits: Limits = DEFAULT_LIMITS,
+        turns: Turns | None = None,
     ) -> None:
         self._cache = cache
         self._limits = limits
+        self._turns = turns or Turns()
         self._delta = delta
         self._callbacks = callbacks
         self._wake = asyncio.Event()
@@ -89,10 +92,13 @@ class Stream:
         try:
             async for request in requests:
                 self._check(request)
-                if self._delta:
-                    self._on_delta(request)
-                else:
-                    self._on_sotw(request)
+                # Accepting a response of 10,000 tables recounts what the client holds: in
+                # turn with other large work, as ten gateways ACK a relist at once.
+                async with self._turns.turn(self._answered_size(request)):
+                    if self._delta:
+                        self._on_delta(request)
+                    else:
+                        self._on_sotw(request)
                 # An Envoy's request can name 10,000 route tables (most of a megabyte,
                 # decoded): hold none of it while waiting for the next one.
                 del request
@@ -101,6 +107,12 @@ class Stream:
             # The client closed its side: the writer stops too.
             self._closed = True
             self._wake.set()
+
+    def _answered_size(self, request) -> int:
+        """How many resources the response this request answers carried (0: none)."""
+        sub = self.subs.get(request.type_url)
+        answered = sub.inflight.get(request.response_nonce) if sub is not None else None
+        return len(answered.resources) if answered is not None else 0
 
     def _check(self, request) -> None:
         if not request.type_url:
@@ -198,19 +210,22 @@ class Stream:
                     continue
                 if type_url not in snapshot.loaded:
                     continue  # its first complete set is still being built: send nothing
-                out = self._plan(type_url, snapshot)
-                if out is None:
-                    continue
-                nonce = str(next(self._nonces))
-                self.subs[type_url].record_sent(
-                    nonce,
-                    out.resources,
-                    version=out.version,
-                    full_state=out.full_state,
-                    removed=out.removed,
-                )
-                self._after_send(out)
-                data = self._encode(out, nonce, snapshot)
+                async with self._turns.turn(self._plan_size(type_url, snapshot)):
+                    # Waiting for a turn may have let a newer snapshot in: plan against it.
+                    snapshot = self._cache.current() or snapshot
+                    out = self._plan(type_url, snapshot)
+                    if out is None:
+                        continue
+                    nonce = str(next(self._nonces))
+                    self.subs[type_url].record_sent(
+                        nonce,
+                        out.resources,
+                        version=out.version,
+                        full_state=out.full_state,
+                        removed=out.removed,
+                    )
+                    self._after_send(out)
+                    data = self._encode(out, nonce, snapshot)
                 size = len(data)
                 try:
                     # Handed over, not kept: a full response of 10,000 route tables is
@@ -236,6 +251,13 @@ class Stream:
                 self._callbacks.on_response(
                     self.status, type_url, out.version, len(out.resources), size
                 )
+
+    def _plan_size(self, type_url: str, snapshot: Snapshot) -> int:
+        """How many names planning this type may touch: those changed since the last plan,
+        or every name of the type when that cannot be told (a first plan)."""
+        since = self.subs[type_url].changes_since()
+        only = self._cache.changed_since(type_url, since) if since is not None else None
+        return len(snapshot.of(type_url)) if only is None else len(only)
 
     def _plan(self, type_url: str, snapshot: Snapshot) -> Outgoing | None:
         """Plan one type, looking only at names that may have changed for this client."""
