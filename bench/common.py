@@ -25,7 +25,12 @@ from pathlib import Path
 
 from knative_xds import synth as s
 from knative_xds.admin.loop_probe import ENV as LOOP_PROBE_ENV
-from knative_xds.envoy import bootstrap_yaml, require_envoy
+from knative_xds.envoy import (
+    HEAP_PER_REVISION_BYTES,
+    MAX_HEAP_BYTES,
+    bootstrap_yaml,
+    require_envoy,
+)
 
 
 def free_port() -> int:
@@ -174,6 +179,12 @@ def ready(health_port: int) -> bool:
         return r.status == 200
 
 
+def envoy_heap(revisions: int) -> int:
+    """The gateway's heap limit for a benchmark: the default, or twice what `revisions`
+    take (past some 30,000 the default would refuse every request as overloaded)."""
+    return max(MAX_HEAP_BYTES, 2 * revisions * HEAP_PER_REVISION_BYTES)
+
+
 @contextlib.contextmanager
 def stack(routes: int, *, delta: bool = False, envoy: bool = True) -> Iterator[Stack]:
     """Write `routes` Routes (2 revisions each), start everything, yield when all is served."""
@@ -221,7 +232,13 @@ def stack(routes: int, *, delta: bool = False, envoy: bool = True) -> Iterator[S
             # (re)starts: it connects while the first state loads.
             boot = workdir / "envoy.yaml"
             boot.write_text(
-                bootstrap_yaml(xds_host="127.0.0.1", xds_port=xds, admin_port=admin, delta=delta)
+                bootstrap_yaml(
+                    xds_host="127.0.0.1",
+                    xds_port=xds,
+                    admin_port=admin,
+                    delta=delta,
+                    max_heap_bytes=envoy_heap(2 * routes),
+                )
             )
             envoy_args = [
                 str(require_envoy()),

@@ -68,11 +68,40 @@ def test_bootstrap_keeps_the_gateway_stats_unless_asked_for_all(capsys):
     assert "stats_config" not in every
 
 
+def _heap_limit(config: dict) -> int:
+    monitor = config["overload_manager"]["resource_monitors"][0]["typed_config"]
+    return monitor["max_heap_size_bytes"]
+
+
+def test_bootstrap_sets_the_heap_envoy_sheds_load_at(capsys):
+    # 50,000 revisions take Envoy over the default: a gateway sized for them says so.
+    main(["bootstrap", "--xds-address", "127.0.0.1:18000"])
+    assert _heap_limit(yaml.safe_load(capsys.readouterr().out)) == 2 << 30
+    main(["bootstrap", "--xds-address", "127.0.0.1:18000", "--max-heap", "6Gi"])
+    assert _heap_limit(yaml.safe_load(capsys.readouterr().out)) == 6 << 30
+    main(["bootstrap", "--xds-address", "127.0.0.1:18000", "--max-heap", "512M"])
+    assert _heap_limit(yaml.safe_load(capsys.readouterr().out)) == 512 * 10**6
+
+
+@pytest.mark.parametrize("size", ["4GB", "0", "lots", "-1Gi"])
+def test_bootstrap_refuses_a_heap_that_is_not_a_size(capsys, size):
+    with pytest.raises(SystemExit) as done:
+        main(["bootstrap", "--xds-address", "127.0.0.1:18000", "--max-heap", size])
+    assert done.value.code == 2
+    assert "--max-heap" in capsys.readouterr().err
+
+
 @needs_envoy
 @pytest.mark.parametrize(
     "flags",
-    [[], ["--delta"], ["--envoy-stats", "all"], ["--delta", "--envoy-stats", "all"]],
-    ids=["sotw", "delta", "sotw-all-stats", "delta-all-stats"],
+    [
+        [],
+        ["--delta"],
+        ["--envoy-stats", "all"],
+        ["--delta", "--envoy-stats", "all"],
+        ["--max-heap", "6Gi"],
+    ],
+    ids=["sotw", "delta", "sotw-all-stats", "delta-all-stats", "heap"],
 )
 def test_envoy_itself_accepts_the_bootstrap(tmp_path, flags):
     args = ["bootstrap", "--xds-address", "127.0.0.1:18000", *flags]

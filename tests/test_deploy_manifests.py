@@ -127,6 +127,18 @@ def test_the_gateway_bootstrap_is_the_one_the_code_writes_for_the_control_plane_
     )
 
 
+def test_the_gateway_is_given_more_memory_than_its_heap_limit() -> None:
+    # A limit under the overload manager's heap limit would have the gateway killed for
+    # memory, every request in flight, before it ever refuses one as overloaded.
+    written = yaml.safe_load(
+        _one("ConfigMap", "knative-xds-gateway-bootstrap")["data"]["envoy.yaml"]
+    )
+    monitor = written["overload_manager"]["resource_monitors"][0]["typed_config"]
+    limit = _container("knative-xds-gateway")["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi")
+    assert int(limit.removesuffix("Mi")) << 20 >= monitor["max_heap_size_bytes"] * 1.2
+
+
 def test_the_gateway_services_reach_the_listeners_the_control_plane_serves(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

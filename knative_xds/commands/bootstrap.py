@@ -6,8 +6,15 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..envoy import EnvoyStats, bootstrap_yaml
-from .common import add_client_tls_flags, add_envoy_stats_flag, client_tls, host_port, port_number
+from ..envoy import HEAP_PER_REVISION_BYTES, MAX_HEAP_BYTES, EnvoyStats, bootstrap_yaml
+from .common import (
+    add_client_tls_flags,
+    add_envoy_stats_flag,
+    byte_size,
+    client_tls,
+    host_port,
+    port_number,
+)
 
 if TYPE_CHECKING:
     from ..server.tls import TlsFiles
@@ -42,6 +49,20 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="use incremental (Delta) ADS instead of State of the World",
     )
+    boot.add_argument(
+        "--max-heap",
+        type=byte_size,
+        default=MAX_HEAP_BYTES,
+        metavar="SIZE",
+        help=(
+            "the heap at which Envoy refuses new requests (503 'envoy overloaded') rather "
+            "than be killed for memory; set it to the gateway container's memory limit. "
+            f"Envoy holds about {HEAP_PER_REVISION_BYTES // 1000} KB per revision, so the "
+            f"default ({MAX_HEAP_BYTES >> 30}Gi) serves some "
+            f"{MAX_HEAP_BYTES // HEAP_PER_REVISION_BYTES // 1000 * 1000:,} revisions "
+            "(e.g. 4Gi, 512Mi)"
+        ),
+    )
     add_envoy_stats_flag(boot)
     add_client_tls_flags(boot)
     return boot
@@ -58,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             delta=args.delta,
             stats=EnvoyStats(args.envoy_stats),
             tls=_bootstrap_tls(args),
+            max_heap_bytes=args.max_heap,
         )
     )
     return 0

@@ -53,6 +53,20 @@ def count(text: str) -> int:
     return int(text)
 
 
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+
+
+def byte_size(text: str) -> int:
+    """Bytes, as Kubernetes writes memory: 4294967296, 4Gi, 512Mi, 4G."""
+    digits = text.rstrip("KMGi")
+    unit = text[len(digits) :]
+    if not digits.isdigit() or unit not in _UNITS or int(digits) == 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size in bytes (e.g. 4Gi, 512Mi, 4G or 4294967296)"
+        )
+    return int(digits) * _UNITS[unit]
+
+
 def add_gateway_flags(p: argparse.ArgumentParser, *, listen: str) -> None:
     """The listeners served to Envoy, as `serve` and `up` take them."""
     g = p.add_argument_group("gateway listeners (served to Envoy over LDS)")
