@@ -34,6 +34,17 @@ SOTW_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggr
 _VERSION_INFO, _TYPE_URL, _NONCE = 1, 4, 5
 
 
+async def requests_from(queue: asyncio.Queue, node: str) -> AsyncIterator:
+    """The requests put on `queue`, the first with this client's node (as Envoy sends)."""
+    first = True
+    while True:
+        req = await queue.get()
+        if first:
+            req.node.CopyFrom(base_pb2.Node(id=node))
+            first = False
+        yield req
+
+
 @dataclass(frozen=True, slots=True)
 class Head:
     """A DiscoveryResponse's header fields, and the response's bytes for whoever needs more."""
@@ -109,15 +120,6 @@ class Client:
         self.route_versions: list[tuple[float, str]] = []
         self.ready = asyncio.Event()
 
-    async def _requests(self):
-        first = True
-        while True:
-            req = await self.queue.get()
-            if first:
-                req.node.CopyFrom(base_pb2.Node(id=self.node))
-                first = False
-            yield req
-
     async def run(self, channel: grpc.aio.Channel) -> None:
         # Wildcard on the types not named (as Envoy does for LDS, CDS and SRDS).
         for t in PUSH_ORDER:
@@ -127,7 +129,7 @@ class Client:
             request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
             response_deserializer=read_head,
         )
-        async for head in call(self._requests()):
+        async for head in call(requests_from(self.queue, self.node)):
             self.queue.put_nowait(
                 self._request(head.type_url, version=head.version_info, nonce=head.nonce)
             )

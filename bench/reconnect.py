@@ -30,12 +30,11 @@ import time
 from collections.abc import Mapping, Sequence
 
 import grpc
-from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from knative_xds.resources import PUSH_ORDER, short
 
-from .clients import CHANNEL_OPTIONS, SOTW_METHOD, envoy_names
+from .clients import CHANNEL_OPTIONS, SOTW_METHOD, envoy_names, requests_from
 from .common import cpu_seconds, loop_stall_max_ms, percentile, print_table, stack
 from .spread import streams
 
@@ -106,15 +105,6 @@ class Gateway:
         self.ready = asyncio.Event()
         self.synced_at: float | None = None  # wall clock, comparable across processes
 
-    async def _requests(self):
-        first = True
-        while True:
-            req = await self.queue.get()
-            if first:
-                req.node.CopyFrom(base_pb2.Node(id=self.node))
-                first = False
-            yield req
-
     async def run(self, channel: grpc.aio.Channel) -> None:
         request = (
             discovery_pb2.DeltaDiscoveryRequest if self.delta else discovery_pb2.DiscoveryRequest
@@ -131,7 +121,7 @@ class Gateway:
             response_deserializer=read_counts,
         )
         try:
-            await self._receive(call(self._requests()), request)
+            await self._receive(call(requests_from(self.queue, self.node)), request)
         except grpc.aio.AioRpcError as e:
             # Our own cancel (the run is over) can surface as the call's CANCELLED status
             # rather than as the task's cancellation, when it lands while gRPC finishes

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import grpc
-from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import Message
 
@@ -28,7 +27,7 @@ from knative_xds.model.from_kingress import service_cluster
 from knative_xds.resources import ENDPOINT, FULL_STATE_TYPES, PUSH_ORDER, ROUTE
 from knative_xds.translate.names import Listener, route_table_name
 
-from .clients import SOTW_METHOD
+from .clients import SOTW_METHOD, requests_from
 from .ingress_ready import EDIT_HEADER, NS, kingress
 from .reconnect import DELTA_METHOD, OPTIONS, read_counts
 from .spread import streams
@@ -85,15 +84,6 @@ class Gateway:
         self.on_edit: Callable[[int, float], None] | None = None
         self._seen: set[int] = set()
 
-    async def _requests(self):
-        first = True
-        while True:
-            req = await self.queue.get()
-            if first:
-                req.node.CopyFrom(base_pb2.Node(id=self.node))
-                first = False
-            yield req
-
     def _request(self, type_url: str, version: str = "", nonce: str = "") -> Message:
         names = list(self.names.get(type_url, ()))
         if self.delta:
@@ -118,7 +108,9 @@ class Gateway:
             request_serializer=request.SerializeToString,
             response_deserializer=_read,
         )
-        async for (type_url, version, nonce, added, removed), raw in call(self._requests()):
+        async for (type_url, version, nonce, added, removed), raw in call(
+            requests_from(self.queue, self.node)
+        ):
             self.queue.put_nowait(self._request(type_url, version, nonce))
             # SotW LDS, CDS and SRDS responses hold the whole type; everything else comes
             # as it changes, and before the edits each name comes once.

@@ -13,9 +13,10 @@ from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.listener.proxy_protocol.v3 import proxy_protocol_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2
-from google.protobuf import any_pb2, struct_pb2
+from google.protobuf import struct_pb2
 
 from ..model import AccessLogFormat, GatewayOptions
+from .protos import pack
 
 STDOUT_LOGGER = "envoy.access_loggers.stdout"
 PROXY_PROTOCOL = "envoy.filters.listener.proxy_protocol"
@@ -26,12 +27,6 @@ _TLS_VERSIONS = {
     "1.2": common_pb2.TlsParameters.TLSv1_2,
     "1.3": common_pb2.TlsParameters.TLSv1_3,
 }
-
-
-def _pack(message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
 
 
 def _log_format(options: GatewayOptions) -> substitution_format_string_pb2.SubstitutionFormatString:
@@ -56,7 +51,7 @@ def access_logs(options: GatewayOptions) -> list[accesslog_pb2.AccessLog]:
         logger = stream_pb2.StdoutAccessLog()  # no format: Envoy's default line
     else:
         logger = stream_pb2.StdoutAccessLog(log_format=_log_format(options))
-    return [accesslog_pb2.AccessLog(name=STDOUT_LOGGER, typed_config=_pack(logger))]
+    return [accesslog_pb2.AccessLog(name=STDOUT_LOGGER, typed_config=pack(logger))]
 
 
 def proxy_protocol_filters(options: GatewayOptions) -> list[listener_components_pb2.ListenerFilter]:
@@ -70,7 +65,7 @@ def proxy_protocol_filters(options: GatewayOptions) -> list[listener_components_
     return [
         listener_components_pb2.ListenerFilter(
             name=PROXY_PROTOCOL,
-            typed_config=_pack(proxy_protocol_pb2.ProxyProtocol(stat_prefix="proxy_protocol")),
+            typed_config=pack(proxy_protocol_pb2.ProxyProtocol(stat_prefix="proxy_protocol")),
         )
     ]
 

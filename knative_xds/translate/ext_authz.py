@@ -15,8 +15,6 @@ that header alone does reach the app.
 
 from __future__ import annotations
 
-import ipaddress
-
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import (
     base_pb2,
@@ -44,6 +42,7 @@ from ..model.types import ExtAuthz, ExtAuthzProtocol, GatewayOptions
 from ..resources import Resource
 from .clusters import CONNECT_TIMEOUT_SECONDS
 from .endpoints import load_assignment
+from .protos import is_ip, pack
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 EXT_AUTHZ_CLUSTER = "ext-authz"
@@ -54,20 +53,6 @@ PROBE_HEADER = "K-Network-Probe"
 PROBE_VALUE = "probe"
 
 
-def _pack(message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _protocol_options(protocol: ExtAuthzProtocol) -> any_pb2.Any:
     """gRPC needs HTTP/2; an HTTP authorizer gets HTTP/1.1, as Kourier gives it."""
     explicit = upstream_http.HttpProtocolOptions.ExplicitHttpConfig()
@@ -75,7 +60,7 @@ def _protocol_options(protocol: ExtAuthzProtocol) -> any_pb2.Any:
         explicit.http2_protocol_options.CopyFrom(protocol_pb2.Http2ProtocolOptions())
     else:
         explicit.http_protocol_options.CopyFrom(protocol_pb2.Http1ProtocolOptions())
-    return _pack(upstream_http.HttpProtocolOptions(explicit_http_config=explicit))
+    return pack(upstream_http.HttpProtocolOptions(explicit_http_config=explicit))
 
 
 def ext_authz_cluster(ext: ExtAuthz) -> cluster_pb2.Cluster:
@@ -84,7 +69,7 @@ def ext_authz_cluster(ext: ExtAuthz) -> cluster_pb2.Cluster:
     msg = cluster_pb2.Cluster(
         name=EXT_AUTHZ_CLUSTER,
         connect_timeout=duration_pb2.Duration(seconds=CONNECT_TIMEOUT_SECONDS),
-        type=cluster_pb2.Cluster.STATIC if _is_ip(ext.host) else cluster_pb2.Cluster.STRICT_DNS,
+        type=cluster_pb2.Cluster.STATIC if is_ip(ext.host) else cluster_pb2.Cluster.STRICT_DNS,
         load_assignment=load_assignment(EXT_AUTHZ_CLUSTER, ((ext.host, ext.port),)),
     )
     if msg.type == cluster_pb2.Cluster.STRICT_DNS:
@@ -93,9 +78,9 @@ def ext_authz_cluster(ext: ExtAuthz) -> cluster_pb2.Cluster:
     if ext.protocol is ExtAuthzProtocol.HTTPS:
         # TLS to the authorizer, with its name as SNI. No CA is configured, so its
         # certificate is not verified (Kourier's `https` sends plain HTTP).
-        context = tls_pb2.UpstreamTlsContext(sni="" if _is_ip(ext.host) else ext.host)
+        context = tls_pb2.UpstreamTlsContext(sni="" if is_ip(ext.host) else ext.host)
         msg.transport_socket.CopyFrom(
-            base_pb2.TransportSocket(name=_TLS_SOCKET, typed_config=_pack(context))
+            base_pb2.TransportSocket(name=_TLS_SOCKET, typed_config=pack(context))
         )
     return msg
 
@@ -144,13 +129,13 @@ def _skip_probes() -> matcher_pb2.Matcher:
     predicate = matcher_pb2.Matcher.MatcherList.Predicate(
         single_predicate=matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(
             input=xds_extension.TypedExtensionConfig(
-                name="probe-header", typed_config=_pack(header)
+                name="probe-header", typed_config=pack(header)
             ),
             value_match=xds_string.StringMatcher(exact=PROBE_VALUE),
         )
     )
     skip = xds_extension.TypedExtensionConfig(
-        name="skip", typed_config=_pack(skip_action_pb2.SkipFilter())
+        name="skip", typed_config=pack(skip_action_pb2.SkipFilter())
     )
     return matcher_pb2.Matcher(
         matcher_list=matcher_pb2.Matcher.MatcherList(
@@ -170,7 +155,7 @@ def ext_authz_filters(options: GatewayOptions) -> list[hcm.HttpFilter]:
     wrapped = extension_matcher_pb2.ExtensionWithMatcher(
         xds_matcher=_skip_probes(),
         extension_config=extension_pb2.TypedExtensionConfig(
-            name=EXT_AUTHZ_FILTER, typed_config=_pack(ext_authz_config(options.ext_authz))
+            name=EXT_AUTHZ_FILTER, typed_config=pack(ext_authz_config(options.ext_authz))
         ),
     )
-    return [hcm.HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=_pack(wrapped))]
+    return [hcm.HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=pack(wrapped))]

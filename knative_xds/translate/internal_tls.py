@@ -18,21 +18,15 @@ from __future__ import annotations
 
 from envoy.config.core.v3 import address_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from google.protobuf import any_pb2
 
 from ..model import GatewayOptions
 from ..resources import Resource
 from .edge import CONNECTION_LIMIT_FILTER, EDGE, Edge, buffer_limit, connection_limit
 from .listeners import HCM_FILTER, NO_OPTIONS, connection_manager, sds_transport_socket
 from .names import Listener
+from .protos import pack
 
 INTERNAL_TLS = "internal-tls"
-
-
-def _pack(message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
 
 
 def internal_tls_listener_resource(
@@ -55,9 +49,9 @@ def internal_tls_listener_resource(
             # The connection limit first: a connection over it is closed before any parsing.
             listener_components_pb2.Filter(
                 name=CONNECTION_LIMIT_FILTER,
-                typed_config=_pack(connection_limit(INTERNAL_TLS, edge)),
+                typed_config=pack(connection_limit(INTERNAL_TLS, edge)),
             ),
-            listener_components_pb2.Filter(name=HCM_FILTER, typed_config=_pack(manager)),
+            listener_components_pb2.Filter(name=HCM_FILTER, typed_config=pack(manager)),
         ],
     )
     msg = listener_pb2.Listener(

@@ -17,7 +17,6 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
-from google.protobuf import any_pb2
 
 from ..model import GatewayOptions, ObjectKey, Tls
 from ..resources import Resource
@@ -26,6 +25,7 @@ from .clusters import ads_config_source
 from .edge import CONNECTION_LIMIT_FILTER, EDGE, Edge, buffer_limit, connection_limit, harden
 from .ext_authz import ext_authz_filters
 from .names import Listener, secret_name
+from .protos import pack
 from .scopes import key_builder
 from .tracing import apply_tracing
 
@@ -34,12 +34,6 @@ ROUTER_FILTER = "envoy.filters.http.router"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 TLS_SOCKET = "envoy.transport_sockets.tls"
 NO_OPTIONS = GatewayOptions()
-
-
-def _pack(message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
 
 
 def connection_manager(
@@ -65,7 +59,7 @@ def connection_manager(
         # External authorization (ext_authz.py), when configured, before the router.
         http_filters=[
             *ext_authz_filters(options),
-            hcm.HttpFilter(name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router())),
+            hcm.HttpFilter(name=ROUTER_FILTER, typed_config=pack(router_pb2.Router())),
         ],
         upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
         access_log=access_logs(options),
@@ -82,11 +76,11 @@ def _filters(
     return [
         listener_components_pb2.Filter(
             name=CONNECTION_LIMIT_FILTER,
-            typed_config=_pack(connection_limit(listener.value, edge)),
+            typed_config=pack(connection_limit(listener.value, edge)),
         ),
         listener_components_pb2.Filter(
             name=HCM_FILTER,
-            typed_config=_pack(connection_manager(listener, edge, trusted_hops, options)),
+            typed_config=pack(connection_manager(listener, edge, trusted_hops, options)),
         ),
     ]
 
@@ -169,7 +163,7 @@ def tls_listener_resource(
         listener_filters=[
             *proxy_protocol_filters(options),
             listener_components_pb2.ListenerFilter(
-                name=TLS_INSPECTOR, typed_config=_pack(tls_inspector_pb2.TlsInspector())
+                name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
             ),
         ],
         filter_chains=filter_chains,
@@ -189,4 +183,4 @@ def sds_transport_socket(secret: str, options: GatewayOptions) -> base_pb2.Trans
             ],
         )
     )
-    return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=_pack(context))
+    return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=pack(context))

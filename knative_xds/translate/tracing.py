@@ -14,8 +14,6 @@ collector re-sends the listeners and that cluster, no route table.
 
 from __future__ import annotations
 
-import ipaddress
-
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import grpc_service_pb2, http_service_pb2, http_uri_pb2, protocol_pb2
 from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2
@@ -24,12 +22,13 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upstream_http
 from envoy.type.v3 import percent_pb2
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import duration_pb2
 
 from ..model.types import GatewayOptions, Tracing, TracingProtocol
 from ..resources import Resource
 from .clusters import CONNECT_TIMEOUT_SECONDS
 from .endpoints import load_assignment
+from .protos import is_ip, pack
 
 OTEL_TRACER = "envoy.tracers.opentelemetry"
 TRACING_CLUSTER = "otel-collector"  # Kourier's name for it
@@ -37,20 +36,6 @@ _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # Kourier's export timeouts: a batch of spans over gRPC, one POST over HTTP.
 GRPC_TIMEOUT_MS = 250
 HTTP_TIMEOUT_MS = 5000
-
-
-def _pack(message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _millis(ms: int) -> duration_pb2.Duration:
@@ -64,7 +49,7 @@ def tracing_cluster(tracing: Tracing) -> cluster_pb2.Cluster:
     msg = cluster_pb2.Cluster(
         name=TRACING_CLUSTER,
         connect_timeout=duration_pb2.Duration(seconds=CONNECT_TIMEOUT_SECONDS),
-        type=cluster_pb2.Cluster.STATIC if _is_ip(tracing.host) else cluster_pb2.Cluster.STRICT_DNS,
+        type=cluster_pb2.Cluster.STATIC if is_ip(tracing.host) else cluster_pb2.Cluster.STRICT_DNS,
         load_assignment=load_assignment(TRACING_CLUSTER, ((tracing.host, tracing.port),)),
     )
     if msg.type == cluster_pb2.Cluster.STRICT_DNS:
@@ -75,7 +60,7 @@ def tracing_cluster(tracing: Tracing) -> cluster_pb2.Cluster:
     else:
         explicit.http_protocol_options.CopyFrom(protocol_pb2.Http1ProtocolOptions())
     options = upstream_http.HttpProtocolOptions(explicit_http_config=explicit)
-    msg.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(_pack(options))
+    msg.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(options))
     return msg
 
 
@@ -118,7 +103,7 @@ def apply_tracing(manager: hcm.HttpConnectionManager, options: GatewayOptions) -
     manager.tracing.CopyFrom(
         hcm.HttpConnectionManager.Tracing(
             provider=http_tracer_pb2.Tracing.Http(
-                name=OTEL_TRACER, typed_config=_pack(otel_config(tracing))
+                name=OTEL_TRACER, typed_config=pack(otel_config(tracing))
             ),
             overall_sampling=percent_pb2.Percent(value=tracing.sampling_rate * 100),
         )
