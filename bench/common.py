@@ -179,6 +179,18 @@ def ready(health_port: int) -> bool:
         return r.status == 200
 
 
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """Ask every process to stop, then wait for each (killed after 10 s)."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def envoy_heap(revisions: int) -> int:
     """The gateway's heap limit for a benchmark: the default, or twice what `revisions`
     take (past some 30,000 the default would refuse every request as overloaded)."""
@@ -271,13 +283,7 @@ def stack(routes: int, *, delta: bool = False, envoy: bool = True) -> Iterator[S
             control_plane,
         )
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(workdir, ignore_errors=True)
 

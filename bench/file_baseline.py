@@ -35,7 +35,7 @@ from knative_xds.model import RawObject
 from knative_xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE
 from knative_xds.translate import GatewayConfig
 
-from .common import free_port, route_name, route_objects, wait_served
+from .common import free_port, route_name, route_objects, stop_all, wait_served
 
 SCOPES_FILE = "srds.json"
 
@@ -188,11 +188,4 @@ def run(routes: int, edits: int, rng, workdir: Path) -> list[float]:
             time.sleep(0.02)  # as convergence: edits are timed one at a time
         return times
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_all(procs)

@@ -30,7 +30,7 @@ from knative_xds.envoy import require_envoy
 from knative_xds.model.kinds import DEFAULT_INGRESS_CLASS, INGRESS_CLASS_ANNOTATION
 from tests.fake_kube_api import FakeApiServer
 
-from .common import free_port, print_table, ready, summary, wait_served
+from .common import free_port, print_table, ready, stop_all, summary, wait_served
 from .relist import control_plane
 
 NS = "bench"
@@ -102,17 +102,6 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 async def run(ingresses: int, edits: int, workdir: Path) -> dict:
     ports = {"blue": free_port(), "green": free_port()}
     procs = [
@@ -174,7 +163,7 @@ async def run(ingresses: int, edits: int, workdir: Path) -> dict:
             "to_published": summary(published),
         }
     finally:
-        _stop(procs)
+        stop_all(procs)
         await api.close()
 
 
