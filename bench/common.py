@@ -208,7 +208,7 @@ def stack(routes: int, *, delta: bool = False, envoy: bool = True) -> Iterator[S
         blue, green = free_port(), free_port()
         for name, port in (("blue", blue), ("green", green)):
             procs.append(
-                _spawn(
+                spawn(
                     [
                         sys.executable,
                         "-m",
@@ -238,7 +238,7 @@ def stack(routes: int, *, delta: bool = False, envoy: bool = True) -> Iterator[S
             "--listen-address", "127.0.0.1", "--health-port", str(health),
             "--state-dir", str(workdir / "state"),
         ]  # fmt: skip
-        procs.insert(0, _spawn(control_plane, workdir / "knative-xds.log", env=_probe_env(workdir)))
+        procs.insert(0, spawn(control_plane, workdir / "knative-xds.log", env=_probe_env(workdir)))
         if envoy:
             # Started alongside, as a gateway that is already up when the control plane
             # (re)starts: it connects while the first state loads.
@@ -265,7 +265,7 @@ def stack(routes: int, *, delta: bool = False, envoy: bool = True) -> Iterator[S
                 "--concurrency",
                 "2",
             ]
-            procs.insert(1, _spawn(envoy_args, workdir / "envoy.log"))
+            procs.insert(1, spawn(envoy_args, workdir / "envoy.log"))
         _wait(lambda: ready(health), "knative-xds to load its first state", 600)
         loaded = time.perf_counter()
         yield Stack(
@@ -290,14 +290,15 @@ def stack(routes: int, *, delta: bool = False, envoy: bool = True) -> Iterator[S
 
 def respawn_control_plane(st: Stack) -> None:
     """Start knative-xds again as it was started (after it was killed), logging to the same file."""
-    st.procs[0] = _spawn(
+    st.procs[0] = spawn(
         st.control_plane, st.workdir / "knative-xds.log", append=True, env=_probe_env(st.workdir)
     )
 
 
-def _spawn(
+def spawn(
     args: list[str], log: Path, *, append: bool = False, env: dict[str, str] | None = None
 ) -> subprocess.Popen:
+    """Start `args` with its output in `log`."""
     out = open(log, "ab" if append else "wb")  # noqa: SIM115 - closed when the process ends
     return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
 

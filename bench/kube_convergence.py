@@ -30,7 +30,7 @@ from knative_xds.envoy import require_envoy
 from knative_xds.model.kinds import DEFAULT_INGRESS_CLASS, INGRESS_CLASS_ANNOTATION
 from tests.fake_kube_api import FakeApiServer
 
-from .common import free_port, print_table, ready, stop_all, summary, wait_served
+from .common import free_port, print_table, ready, spawn, stop_all, summary, wait_served
 from .relist import control_plane
 
 NS = "bench"
@@ -97,15 +97,10 @@ def backend(i: int, color: str, port: int) -> list[dict]:
     ]
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen:
-    with open(log, "wb") as out:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-
-
 async def run(ingresses: int, edits: int, workdir: Path) -> dict:
     ports = {"blue": free_port(), "green": free_port()}
     procs = [
-        _spawn([sys.executable, "-m", "knative_xds.local.echo", "--name", c, "--port", str(p)],
+        spawn([sys.executable, "-m", "knative_xds.local.echo", "--name", c, "--port", str(p)],
                workdir / f"{c}.log")
         for c, p in ports.items()
     ]  # fmt: skip
@@ -130,7 +125,7 @@ async def run(ingresses: int, edits: int, workdir: Path) -> dict:
                 check=True, capture_output=True, text=True,
             ).stdout  # fmt: skip
             (workdir / "envoy.yaml").write_text(boot)
-            envoy = _spawn(
+            envoy = spawn(
                 [str(require_envoy()), "-c", str(workdir / "envoy.yaml"), "--log-level", "warn",
                  "--disable-hot-restart", "--concurrency", "2"],
                 workdir / "envoy.log",

@@ -13,18 +13,21 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .bulk import bulk_allocation
 from .cache import InconsistentSnapshot, Snapshot, SnapshotCache
-from .model import Problem, RawObject, Resolver, Update
+from .model import Problem, RawObject, Resolver, State, Update
 from .model.kinds import Ident
 from .resources import CLUSTER, ENDPOINT, PUSH_ORDER, SECRET
 from .sources.base import ScopeHealth, SourceEvent
 from .translate import Delta, Translator
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # A batch this large is a first load or a relist, not an edit.
 BULK_OBJECTS = 1000
@@ -156,10 +159,7 @@ class Pipeline:
             update = self.resolver.apply(changes)
             delta = self.translator.translate(update)
             snapshot = self._publish_or_hold(delta, update)
-        self._report()
-        seconds = time.perf_counter() - started
-        withdrawal = self._withdrawal(before.ingresses, update)
-        return self._applied(Applied(update, snapshot, seconds, delta.count(), withdrawal))
+        return self._done(started, before, update, snapshot, delta)
 
     async def apply_in_steps(self, changes: Mapping[Ident, RawObject | None]) -> Applied:
         """`apply` for a large batch after the first load (a relist after an outage), with
@@ -176,25 +176,40 @@ class Pipeline:
             for at in range(0, len(items), OBJECTS_PER_STEP):
                 self.resolver.stage(dict(items[at : at + OBJECTS_PER_STEP]))
                 await asyncio.sleep(0)
-            steps = self.resolver.resolve_in_steps(per_step=ROUTES_PER_STEP)
-            while True:
-                try:
-                    next(steps)
-                except StopIteration as done:
-                    update = done.value
-                    break
-                await asyncio.sleep(0)
+            update = await _stepped(self.resolver.resolve_in_steps(per_step=ROUTES_PER_STEP))
             delta = self.translator.translate_backends(update)
-            keys = sorted(update.changed_ingresses)
-            # At least one call, with no key: new gateway options rebuild the listeners.
-            for at in range(0, max(len(keys), 1), ROUTES_PER_STEP):
-                self.translator.translate_ingresses(update, keys[at : at + ROUTES_PER_STEP], delta)
-                await asyncio.sleep(0)
+            await self._translate_ingresses_in_steps(update, delta)
             snapshot = self._publish_or_hold(delta, update)
+        return self._done(started, before, update, snapshot, delta)
+
+    def _done(
+        self,
+        started: float,
+        before: State,
+        update: Update,
+        snapshot: Snapshot | None,
+        delta: Delta,
+    ) -> Applied:
         self._report()
         seconds = time.perf_counter() - started
         withdrawal = self._withdrawal(before.ingresses, update)
         return self._applied(Applied(update, snapshot, seconds, delta.count(), withdrawal))
+
+    async def _translate_ingresses_in_steps(self, update: Update, into: Delta) -> None:
+        """The route tables and scopes of the changed Ingresses, ROUTES_PER_STEP at a time
+        with the event loop let in between."""
+        keys = sorted(update.changed_ingresses)
+        # At least one call, with no key when none changed: it builds the listeners (the
+        # first time, or for new gateway options).
+        for at in range(0, max(len(keys), 1), ROUTES_PER_STEP):
+            self.translator.translate_ingresses(update, keys[at : at + ROUTES_PER_STEP], into)
+            await asyncio.sleep(0)
+
+    async def _apply_batch(self, changes: Mapping[Ident, RawObject | None]) -> Applied:
+        """A batch after the first load: a large one in steps, an edit at once."""
+        if len(changes) >= BULK_OBJECTS:
+            return await self.apply_in_steps(changes)
+        return self.apply(changes)
 
     def _publish_or_hold(self, delta: Delta, update: Update) -> Snapshot | None:
         if self._held is not None:  # a first load that served nothing: still nothing?
@@ -239,9 +254,7 @@ class Pipeline:
         changes = changes or {}
         async with self._loading:
             if self.cache.current() is not None or self._held is not None:
-                if len(changes) >= BULK_OBJECTS:
-                    return await self.apply_in_steps(changes)
-                return self.apply(changes)
+                return await self._apply_batch(changes)
             return await self._load_staged(changes)
 
     async def _load_staged(self, changes: Mapping[Ident, RawObject | None]) -> Applied:
@@ -263,10 +276,7 @@ class Pipeline:
             self._publish(first, loaded=(CLUSTER, ENDPOINT, SECRET))
             await asyncio.sleep(0)
             rest = Delta()
-            keys = sorted(update.changed_ingresses)
-            for at in range(0, len(keys), ROUTES_PER_STEP):
-                self.translator.translate_ingresses(update, keys[at : at + ROUTES_PER_STEP], rest)
-                await asyncio.sleep(0)
+            await self._translate_ingresses_in_steps(update, rest)
             snapshot = self._publish(rest)
         self._report()
         return self._applied(
@@ -302,10 +312,7 @@ class Pipeline:
             async with self._loading:
                 batch, self._pending = self._pending, {}
                 self._has_pending.clear()
-                if len(batch) >= BULK_OBJECTS:
-                    applied = await self.apply_in_steps(batch)
-                else:
-                    applied = self.apply(batch)
+                applied = await self._apply_batch(batch)
             if applied.snapshot is not None:
                 log.info(
                     "published snapshot %s: %d objects changed, %d resources, in %.1f ms",
@@ -314,6 +321,16 @@ class Pipeline:
                     applied.resources_changed,
                     applied.seconds * 1000,
                 )
+
+
+async def _stepped(steps: Generator[None, None, T]) -> T:
+    """Run `steps` to its end, letting the event loop in at each pause; its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+        await asyncio.sleep(0)
 
 
 def _merged(first: Delta, then: Delta) -> Delta:

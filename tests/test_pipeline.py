@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from knative_xds import synth
+from knative_xds.app import ControlPlane, Settings
 from knative_xds.model import ObjectKey
 from knative_xds.pipeline import ROUTES_PER_STEP
-from knative_xds.resources import CLUSTER, ENDPOINT, PUSH_ORDER, ROUTE, SECRET
+from knative_xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SECRET
 from tests.protocol.conftest import many_routes, new_plane, raw_objects
 
 
@@ -49,3 +50,12 @@ async def test_a_change_submitted_during_the_first_load_waits_for_it_and_is_appl
     tables = 2 * 10 * ROUTES_PER_STEP  # one per listener per Route
     assert published[0] == ({CLUSTER, ENDPOINT, SECRET}, 0)
     assert published[1:] and all(p == (frozenset(PUSH_ORDER), tables) for p in published[1:])
+
+
+async def test_a_first_load_with_no_ingress_still_gives_a_cluster_s_gateway_its_listeners():
+    # A fresh install has no KIngress yet: the gateway's readiness probe is its
+    # listener port, so it must get listeners before the first KIngress arrives.
+    plane = ControlPlane(Settings(hold_empty_start=False))
+    applied = await plane.pipeline.load({})
+    assert applied.snapshot is not None
+    assert {"external", "internal"} <= set(applied.snapshot.of(LISTENER))

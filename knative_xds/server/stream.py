@@ -210,10 +210,14 @@ class Stream:
                     continue
                 if type_url not in snapshot.loaded:
                     continue  # its first complete set is still being built: send nothing
-                async with self._turns.turn(self._plan_size(type_url, snapshot)):
-                    # Waiting for a turn may have let a newer snapshot in: plan against it.
-                    snapshot = self._cache.current() or snapshot
-                    out = self._plan(type_url, snapshot)
+                only = self._changed(type_url)
+                size = len(snapshot.of(type_url)) if only is None else len(only)
+                async with self._turns.turn(size):
+                    newer = self._cache.current()
+                    if newer is not None and newer is not snapshot:
+                        # Waiting for a turn let a newer snapshot in: plan against it.
+                        snapshot, only = newer, self._changed(type_url)
+                    out = self._plan(type_url, snapshot, only)
                     if out is None:
                         continue
                     nonce = str(next(self._nonces))
@@ -252,22 +256,17 @@ class Stream:
                     self.status, type_url, out.version, len(out.resources), size
                 )
 
-    def _plan_size(self, type_url: str, snapshot: Snapshot) -> int:
-        """How many names planning this type may touch: those changed since the last plan,
-        or every name of the type when that cannot be told (a first plan)."""
+    def _changed(self, type_url: str) -> set[str] | None:
+        """Names of this type changed since its last plan; None when that cannot be told
+        (a first plan, or one too far back): every name is looked at then."""
         since = self.subs[type_url].changes_since()
-        only = self._cache.changed_since(type_url, since) if since is not None else None
-        return len(snapshot.of(type_url)) if only is None else len(only)
+        return self._cache.changed_since(type_url, since) if since is not None else None
 
-    def _plan(self, type_url: str, snapshot: Snapshot) -> Outgoing | None:
+    def _plan(self, type_url: str, snapshot: Snapshot, only: set[str] | None) -> Outgoing | None:
         """Plan one type, looking only at names that may have changed for this client."""
         sub = self.subs[type_url]
-        only: set[str] | None = None
-        since = sub.changes_since()
-        if since is not None:
-            only = self._cache.changed_since(type_url, since)
-            if only is not None and not (only or sub.recheck or sub.unsettled or sub.held_gone):
-                return None
+        if only is not None and not (only or sub.recheck or sub.unsettled or sub.held_gone):
+            return None
         plan = plan_type(type_url, snapshot, self.subs, only, delta=self._delta)
         sub.cursor.planned(snapshot.counters.get(type_url, 0), plan.recheck)
         return plan.out

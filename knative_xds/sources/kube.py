@@ -28,9 +28,9 @@ unlabelled ones by a watch of their own. With `input="routes"`: Knative's
 Routes, Revisions and Configurations (all namespaces), the revisions' slices
 (label `serving.knative.dev/revision` too), the activator's in
 `knative-serving`, and the TLS Secrets of `knative-serving` (config-xds's
-`cluster-cert-secret` is the one certificate this input serves). Both read the ConfigMaps `config-domain`,
-`config-network` and `config-xds` (the gateway's options) there, one named
-watch each (which RBAC can grant by `resourceNames`).
+`cluster-cert-secret` is the one certificate this input serves). Both read the
+ConfigMaps `config-domain`, `config-network` and `config-xds` (the gateway's
+options) there, one named watch each (which RBAC can grant by `resourceNames`).
 
 What is kept: only the fields the model reads (`kinds.KEEP`, `KEEP_METADATA`,
 `KEEP_ANNOTATIONS`), so memory grows with the Knative objects and not with
